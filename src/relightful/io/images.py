@@ -1,0 +1,122 @@
+"""Reading and writing images: linear float32 HDR (.exr, .hdr), 8/16-bit LDR images and alpha mattes.
+
+Every reader validates what it returns and raises `InputError` naming the file and the reason; every writer is
+atomic (encode in memory, write a temp file, rename).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import relightful  # noqa: F401  (sets OPENCV_IO_ENABLE_OPENEXR before cv2 is imported)
+import cv2
+import numpy as np
+
+from relightful.io.atomic import atomic_write_bytes
+from relightful.io.color import to_uint8
+from relightful.io.dispatch import to_torch
+from relightful.io.errors import InputError
+
+HDR_SUFFIXES = (".exr", ".hdr")
+LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise InputError(path, "file is empty")
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        raise InputError(path, "cannot decode image (truncated, corrupt or unsupported format)")
+    return image
+
+
+def _to_rgb(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return image[..., 2::-1]  # BGR(A) -> RGB
+    raise InputError(path, f"unexpected image shape {image.shape}")
+
+
+def read_hdr(path: str | Path) -> np.ndarray:
+    """Read a linear HDR image (.exr or .hdr) as float32 (H, W, 3); reject non-finite pixels."""
+    path = Path(path)
+    if path.suffix.lower() not in HDR_SUFFIXES:
+        raise InputError(path, f"not an HDR image (expected one of {HDR_SUFFIXES})")
+    image = _decode(path, cv2.IMREAD_UNCHANGED)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise InputError(path, f"HDR file decoded as {image.dtype}, expected floating point radiance")
+    rgb = np.ascontiguousarray(_to_rgb(image, path), dtype=np.float32)
+    bad = ~np.isfinite(rgb)
+    if bad.any():
+        raise InputError(path, f"{int(bad.any(axis=-1).sum())} pixels are NaN or infinite")
+    return rgb
+
+
+def write_hdr(path: str | Path, image) -> None:
+    """Write a linear float (H, W, 3) image as 32-bit float .exr or RGBE .hdr, atomically."""
+    path = Path(path)
+    rgb = np.ascontiguousarray(to_torch(image).detach().cpu().float().numpy())
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{path}: expected an (H, W, 3) image, got shape {rgb.shape}")
+    if not np.isfinite(rgb).all():
+        raise ValueError(f"{path}: refusing to write non-finite pixels")
+    suffix = path.suffix.lower()
+    params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_FLOAT] if suffix == ".exr" else []
+    if suffix not in HDR_SUFFIXES:
+        raise ValueError(f"{path}: HDR images are written as {HDR_SUFFIXES}")
+    ok, buf = cv2.imencode(suffix, rgb[..., ::-1], params)
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the image")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def read_ldr(path: str | Path) -> np.ndarray:
+    """Read an 8- or 16-bit image as float32 (H, W, 3) display values in [0, 1] (sRGB, not linearised)."""
+    path = Path(path)
+    image = _decode(path, cv2.IMREAD_UNCHANGED)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(path, f"expected an 8- or 16-bit image, got {image.dtype}")
+    scale = 255.0 if image.dtype == np.uint8 else 65535.0
+    return np.ascontiguousarray(_to_rgb(image, path)[..., :3], dtype=np.float32) / np.float32(scale)
+
+
+def write_ldr(path: str | Path, image, bits: int = 8) -> None:
+    """Write display values in [0, 1] (H, W, 3) or (H, W) as an 8- or 16-bit image, atomically."""
+    path = Path(path)
+    x = to_torch(image).detach().cpu().float()
+    if bits == 8:
+        pixels = to_uint8(x)
+    elif bits == 16:
+        pixels = (x.clamp(0, 1).numpy() * 65535.0 + 0.5).astype(np.uint16)
+    else:
+        raise ValueError("bits must be 8 or 16")
+    if pixels.ndim == 3:
+        pixels = pixels[..., ::-1]
+    ok, buf = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(pixels))
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the image")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def read_matte(path: str | Path) -> np.ndarray:
+    """Read an alpha matte (8/16-bit grey, or the alpha channel of RGBA) as float32 (H, W) in [0, 1]."""
+    path = Path(path)
+    image = _decode(path, cv2.IMREAD_UNCHANGED)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(path, f"expected an 8- or 16-bit matte, got {image.dtype}")
+    if image.ndim == 3:
+        image = image[..., 3] if image.shape[2] == 4 else image[..., 0]
+    scale = 255.0 if image.dtype == np.uint8 else 65535.0
+    return np.ascontiguousarray(image, dtype=np.float32) / np.float32(scale)
+
+
+def write_matte(path: str | Path, matte, bits: int = 16) -> None:
+    """Write an (H, W) alpha matte in [0, 1] as a grey PNG (16-bit by default), atomically."""
+    x = to_torch(matte)
+    if x.ndim != 2:
+        raise ValueError(f"{path}: a matte is (H, W), got shape {tuple(x.shape)}")
+    write_ldr(path, x, bits=bits)
