@@ -1,0 +1,1 @@
+"""Datasets: environment-map ingest, pair rendering into shards, the torch Dataset, data expectations."""

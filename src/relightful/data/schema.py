@@ -1,0 +1,45 @@
+"""Column contracts of the dataset manifests, shared by the writers (ingest, render) and the data expectations."""
+
+from __future__ import annotations
+
+# data/envmaps/manifest.parquet: one row per input file that ingest-hdr looked at, accepted or rejected.
+ENVMAP_COLUMNS: dict[str, str] = {
+    "map_id": "str",            # file stem, unique; pairs reference maps by it
+    "source_file": "str",       # path of the input file as given
+    "status": "str",            # "ok" or "rejected"
+    "reason": "str",            # why a file was rejected ("" when ok)
+    "sha256": "str",            # checksum of the input file
+    "height": "int",            # working size after resampling (0 when rejected)
+    "width": "int",             # = 2 * height
+    "integral_r": "float",      # ∫ L dω per channel of the normalised map (NaN when rejected)
+    "integral_g": "float",
+    "integral_b": "float",
+    "mean_radiance": "float",   # mean of ∫ L dω / 4π over channels
+    "max_radiance": "float",    # brightest pixel value
+    "dynamic_range": "float",   # log10(max luminance / median luminance)
+    "negative_fraction": "float",  # fraction of input pixel values that were < 0 and clipped
+}
+
+# data/pairs/manifest.parquet: one row per training tuple (DESIGN 3.4).
+PAIR_COLUMNS: dict[str, str] = {
+    "pair_id": "str",           # "<split>-<subject>-<running number>", unique
+    "shard": "str",             # shard file name, e.g. "shard-00000.safetensors"
+    "index": "int",             # row of the pair inside the shard
+    "subject_id": "str",
+    "env_a": "str",             # map_id of the input lighting
+    "env_b": "str",             # map_id of the target lighting (and background)
+    "rotation_a_deg": "float",  # in [0, 360)
+    "rotation_b_deg": "float",
+    "fov_deg": "float",         # horizontal FoV of the background crop
+    "pitch_deg": "float",       # background camera pitch
+    "split": "str",             # "train" | "val" | "test"; subjects and maps never cross splits
+    "scale": "float",           # the one factor applied to x_a, x_b, y_b (subject max over x_a, x_b -> 1)
+    "matte_coverage": "float",  # fraction of pixels with matte > 0.5
+    "fg_mean_a": "float",       # mean of x_a over the matte (linear, after scale)
+    "fg_mean_b": "float",       # mean of x_b over the matte
+    "fg_max": "float",          # max of x_a, x_b over the matte (1 by construction)
+    "bg_mean": "float",         # mean of y_b
+    "bg_max": "float",          # max of y_b
+}
+
+SPLITS = ("train", "val", "test")
