@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -12,10 +13,18 @@ from relightful.io.atomic import atomic_write_bytes
 from relightful.io.errors import InputError
 
 
+METADATA_KEY = "relightful"
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write named tensors to a safetensors file atomically."""
+    """Write named tensors to a safetensors file atomically; same inputs give the same bytes.
+
+    The metadata travels as one JSON string with sorted keys: safetensors keeps several keys in a hash map whose
+    order changes from process to process, which would change the file's hash (and DVC's) on every run.
+    """
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(payload, metadata=metadata))
+    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
+    atomic_write_bytes(path, save(payload, metadata=header))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,12 +39,18 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a safetensors header."""
+    """The metadata dict of a safetensors header (as `save_tensors` wrote it)."""
     from safetensors import safe_open
 
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as f:
-            return dict(f.metadata() or {})
+            raw = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(path, f"not a valid safetensors file ({err})") from err
+    if METADATA_KEY in raw:
+        try:
+            return json.loads(raw[METADATA_KEY])
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"unreadable metadata ({err})") from err
+    return raw

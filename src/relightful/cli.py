@@ -1,0 +1,160 @@
+"""The `relightful` command: every job of the workflow is a sub-command.
+
+Each sub-command reads its section of `params.yaml` (`--params`, active profile or `--profile`), accepts
+`--set key=value` overrides, and exits 0 only on success: 1 when input was rejected or a job failed, 2 on usage
+errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from relightful.io.errors import InputError
+
+log = logging.getLogger("relightful")
+
+
+class JobFailed(RuntimeError):
+    """A job ran but could not do all of its work (the message says what)."""
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=None, help="params.yaml to read this job's section from")
+    p.add_argument("--profile", default=None, help="profile of params.yaml to use (default: its 'profile' key)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set plan.seed=3 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(cls, args, section: str):
+    from relightful.config import load_config
+
+    return load_config(cls, args.params, section, args.overrides, args.profile)
+
+
+# --- jobs --------------------------------------------------------------------------------------------------------
+
+def cmd_starter_data(args) -> None:
+    from relightful.data.starter import StarterConfig, build_starter_set
+
+    cfg = _config(StarterConfig, args, "starter")
+    build_starter_set(args.out, cfg, progress=not args.quiet)
+
+
+def cmd_synthetic_stage(args) -> None:
+    from relightful.lightstage.synthetic import SyntheticStageConfig, write_synthetic_stage
+
+    cfg = _config(SyntheticStageConfig, args, "lightstage")
+    write_synthetic_stage(args.out, cfg, progress=not args.quiet)
+
+
+def cmd_ingest_hdr(args) -> None:
+    from relightful.data.envmaps import IngestConfig, ingest_hdr
+    from relightful.lighting import LedRig
+
+    cfg = _config(IngestConfig, args, "envmaps")
+    manifest = ingest_hdr(args.input, args.output, LedRig.from_json(args.rig), cfg, progress=not args.quiet)
+    rejected = manifest[manifest.status == "rejected"]
+    print(f"ingest-hdr: {len(manifest) - len(rejected)} maps accepted, {len(rejected)} rejected -> {args.output}")
+    for f, r in zip(rejected.source_file, rejected.reason):
+        print(f"  rejected {f}: {r}", file=sys.stderr)
+    if len(rejected) > args.max_rejected:
+        raise JobFailed(f"{len(rejected)} map(s) rejected, more than --max-rejected {args.max_rejected}")
+
+
+def cmd_render_pairs(args) -> None:
+    from relightful.data.pairs import RenderConfig, merge_parts, render_pairs
+    from relightful.lighting import LedRig
+
+    cfg = _config(RenderConfig, args, "render")
+    rig = LedRig.from_json(args.rig)
+    if args.merge:
+        manifest = merge_parts(args.subjects, rig, args.envmaps, args.out, cfg, args.num_shards)
+        print(f"render-pairs: merged {args.num_shards} parts, {len(manifest)} pairs -> {args.out}")
+        return
+    manifest = render_pairs(args.subjects, rig, args.envmaps, args.out, cfg, args.shard_index, args.num_shards,
+                            progress=not args.quiet)
+    report = Path(args.out) / ("report.json" if args.num_shards == 1 else
+                               f"report.part-{args.shard_index:05d}-of-{args.num_shards:05d}.json")
+    failed = json.loads(report.read_text())["failed_subjects"]
+    print(f"render-pairs: {len(manifest)} pairs in {manifest.shard.nunique()} shards -> {args.out}")
+    for f in failed:
+        print(f"  skipped subject {f['subject_id']}: {f['error']}", file=sys.stderr)
+    if len(failed) > args.max_rejected:
+        raise JobFailed(f"{len(failed)} subject(s) could not be loaded, more than --max-rejected {args.max_rejected}")
+
+
+def cmd_validate_data(args) -> None:
+    from relightful.data.expectations import ValidationConfig, validate_data
+
+    cfg = _config(ValidationConfig, args, "validate")
+    report = validate_data(args.envmaps, args.pairs, args.report, cfg)
+    print(report.to_markdown())
+    if not report.success:
+        raise JobFailed(f"data expectations failed; report written to {args.report}")
+
+
+# --- parser ------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relightful", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("starter-data", help="write the CC0 HDR maps and procedural skies of the starter set")
+    p.add_argument("--out", type=Path, default=Path("data/raw/hdri"))
+    _add_params(p)
+    p.set_defaults(func=cmd_starter_data)
+
+    p = sub.add_parser("synthetic-stage", help="render procedural subjects into OLAT sets and write the rig")
+    p.add_argument("--out", type=Path, default=Path("data/raw/lightstage"))
+    _add_params(p)
+    p.set_defaults(func=cmd_synthetic_stage)
+
+    p = sub.add_parser("ingest-hdr", help="validate and normalise HDR maps, compute their LED weights")
+    p.add_argument("--input", type=Path, default=Path("data/raw/hdri"))
+    p.add_argument("--output", type=Path, default=Path("data/envmaps"))
+    p.add_argument("--rig", type=Path, default=Path("data/raw/lightstage/rig.json"))
+    p.add_argument("--max-rejected", type=int, default=0, help="rejected files allowed before exiting non-zero")
+    _add_params(p)
+    p.set_defaults(func=cmd_ingest_hdr)
+
+    p = sub.add_parser("render-pairs", help="render training tuples into safetensors shards + manifest")
+    p.add_argument("--subjects", type=Path, default=Path("data/raw/lightstage/subjects"))
+    p.add_argument("--rig", type=Path, default=Path("data/raw/lightstage/rig.json"))
+    p.add_argument("--envmaps", type=Path, default=Path("data/envmaps"))
+    p.add_argument("--out", type=Path, default=Path("data/pairs"))
+    p.add_argument("--shard-index", type=int, default=0, help="this worker's index (0-based)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of workers the shards are spread over")
+    p.add_argument("--merge", action="store_true", help="combine the parts of --num-shards finished workers")
+    p.add_argument("--max-rejected", type=int, default=0, help="unloadable subjects allowed before exiting non-zero")
+    _add_params(p)
+    p.set_defaults(func=cmd_render_pairs)
+
+    p = sub.add_parser("validate-data", help="check the map and pair manifests against the data expectations")
+    p.add_argument("--envmaps", type=Path, default=Path("data/envmaps/manifest.parquet"))
+    p.add_argument("--pairs", type=Path, default=Path("data/pairs/manifest.parquet"))
+    p.add_argument("--report", type=Path, default=Path("reports/data_validation.json"))
+    _add_params(p)
+    p.set_defaults(func=cmd_validate_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (InputError, JobFailed, ValueError) as err:
+        print(f"relightful {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Ingest of HDR environment maps: validate, normalise to the working size, project onto the LED basis.
+
+Output folder layout (what `render-pairs` reads):
+
+    maps/<map_id>.safetensors   "envmap" (H, 2H, 3) float32 linear, "weights" (N, 3) float64 LED weights
+    manifest.parquet            one row per input file, accepted or rejected (columns: data/schema.py)
+    report.json                 the rejected files and why
+
+One bad file never stops the others: it gets a manifest row with its reason and is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from relightful.io import HDR_SUFFIXES, InputError, atomic_path, atomic_write_text, load_tensors, read_hdr, save_tensors
+from relightful.lighting import LedRig, envmap_to_led_weights, latlong_solid_angles, resize_envmap
+from relightful.data.schema import ENVMAP_COLUMNS
+
+log = logging.getLogger(__name__)
+
+MAPS_DIR = "maps"
+MANIFEST = "manifest.parquet"
+REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    height: int = 128                 # working size: maps are resampled to height x 2*height
+    max_negative_fraction: float = 0.01  # more negative pixel values than this is a broken file, not compression noise
+
+
+@dataclass(frozen=True)
+class IngestedMap:
+    map_id: str
+    envmap: np.ndarray   # (H, 2H, 3) float32
+    weights: np.ndarray  # (N, 3) float64
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def normalise_envmap(raw: np.ndarray, path: Path, config: IngestConfig) -> tuple[np.ndarray, float]:
+    """Check shape and sign, clip compression noise below zero, resample to the working size."""
+    h, w = raw.shape[:2]
+    if w != 2 * h:
+        ratio = w / h if h else float("inf")
+        raise InputError(path, f"aspect ratio is {ratio:.3g}:1 ({w}x{h}), a lat-long map must be 2:1")
+    negative = float((raw < 0).mean())
+    if negative > config.max_negative_fraction:
+        raise InputError(path, f"{negative:.1%} of values are negative (allowed {config.max_negative_fraction:.1%})")
+    env = resize_envmap(np.clip(raw, 0.0, None), config.height)
+    if not np.isfinite(env).all():
+        raise InputError(path, "non-finite values after resampling (values too large for float32)")
+    if float(env.max()) <= 0.0:
+        raise InputError(path, "the map is black (no light)")
+    return env, negative
+
+
+def map_statistics(env: np.ndarray) -> dict[str, float]:
+    """Per-map statistics the data expectations check: integrals, brightness, dynamic range."""
+    omega = latlong_solid_angles(env.shape[0]).astype(np.float64)
+    integral = (env.astype(np.float64) * omega[..., None]).sum(axis=(0, 1))
+    lum = env @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    median = max(float(np.median(lum)), 1e-9)
+    return {
+        "integral_r": float(integral[0]), "integral_g": float(integral[1]), "integral_b": float(integral[2]),
+        "mean_radiance": float(integral.mean() / (4 * np.pi)),
+        "max_radiance": float(env.max()),
+        "dynamic_range": float(np.log10(max(float(lum.max()), 1e-9) / median)),
+    }
+
+
+def list_map_files(input_dir: Path) -> list[Path]:
+    if not input_dir.is_dir():
+        raise InputError(input_dir, "input folder not found")
+    return sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in HDR_SUFFIXES)
+
+
+def save_map(path: Path, item: IngestedMap, rig: LedRig, source: str, sha: str) -> None:
+    save_tensors(path, {"envmap": torch.from_numpy(item.envmap), "weights": torch.from_numpy(item.weights)},
+                 metadata={"map_id": item.map_id, "rig": rig.fingerprint, "source": source, "sha256": sha})
+
+
+def load_map(path: str | Path) -> IngestedMap:
+    tensors = load_tensors(path)
+    if "envmap" not in tensors or "weights" not in tensors:
+        raise InputError(path, "not an ingested map (needs tensors 'envmap' and 'weights')")
+    return IngestedMap(Path(path).stem, tensors["envmap"].float().numpy(), tensors["weights"].double().numpy())
+
+
+def ingest_hdr(input_dir: str | Path, output_dir: str | Path, rig: LedRig, config: IngestConfig,
+               progress: bool = True) -> pd.DataFrame:
+    """Ingest every .exr/.hdr file of `input_dir`; returns the manifest (rejected files included)."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    files = list_map_files(input_dir)
+    maps_dir = output_dir / MAPS_DIR
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    rows, seen = [], set()
+    for path in tqdm(files, desc="ingest-hdr", unit="map", disable=not progress):
+        row = {c: None for c in ENVMAP_COLUMNS}
+        row.update(map_id=path.stem, source_file=str(path), status="ok", reason="", height=0, width=0)
+        try:
+            row["sha256"] = sha256_file(path)
+            if path.stem in seen:
+                raise InputError(path, f"duplicate map id {path.stem!r} (another file has the same stem)")
+            env, negative = normalise_envmap(read_hdr(path), path, config)
+            item = IngestedMap(path.stem, env, envmap_to_led_weights(env, rig))
+            save_map(maps_dir / f"{item.map_id}.safetensors", item, rig, str(path), row["sha256"])
+            seen.add(path.stem)
+            row.update(height=env.shape[0], width=env.shape[1], negative_fraction=negative, **map_statistics(env))
+        except InputError as err:
+            log.warning("rejected %s", err)
+            row.update(status="rejected", reason=err.reason)
+        rows.append(row)
+    for stale in maps_dir.glob("*.safetensors"):
+        if stale.stem not in seen:
+            stale.unlink()
+    manifest = pd.DataFrame(rows, columns=list(ENVMAP_COLUMNS)).astype(
+        {"height": "int64", "width": "int64", **{c: "float64" for c, t in ENVMAP_COLUMNS.items() if t == "float"}})
+    with atomic_path(output_dir / MANIFEST) as tmp:
+        manifest.to_parquet(tmp, index=False)
+    rejected = manifest[manifest.status == "rejected"]
+    report = {"n_files": len(manifest), "n_accepted": int((manifest.status == "ok").sum()),
+              "n_rejected": len(rejected), "rig": rig.fingerprint, "height": config.height,
+              "rejected": [{"file": f, "reason": r} for f, r in zip(rejected.source_file, rejected.reason)]}
+    atomic_write_text(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
+    return manifest
