@@ -46,8 +46,10 @@ def test_ingest_keeps_good_maps_and_lists_bad_ones(workspace, small_rig):
     assert pd.read_parquet(workspace["envmaps"] / "manifest.parquet").shape[0] == 15
 
 
-def test_ingested_map_is_resampled_and_weights_conserve_energy(workspace, small_rig):
-    ingest_hdr(workspace["hdri"], workspace["envmaps"], small_rig, IngestConfig(height=8), progress=False)
+def test_ingested_map_is_resampled_normalised_and_weights_conserve_energy(workspace, small_rig):
+    manifest = ingest_hdr(workspace["hdri"], workspace["envmaps"], small_rig, IngestConfig(height=8), progress=False)
+    np.testing.assert_allclose(manifest.mean_radiance, 1.0, rtol=1e-5)
+    assert manifest.exposure.nunique() == len(manifest)
     item = load_map(workspace["envmaps"] / "maps" / "map-03.safetensors")
     assert item.envmap.shape == (8, 16, 3)
     np.testing.assert_allclose(item.weights, envmap_to_led_weights(item.envmap, small_rig))

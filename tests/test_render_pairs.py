@@ -63,20 +63,22 @@ def test_pair_content_matches_the_physics(ingested, small_rig):
     env_b = load_map(ingested["envmaps"] / "maps" / f"{row.env_b}.safetensors").envmap
     from relightful.lighting import resize_envmap
 
-    def weights(env, deg):
-        return envmap_to_led_weights(rotate_envmap(resize_envmap(env, 8), deg), small_rig)
+    def weights(env, deg, stops):
+        return envmap_to_led_weights(rotate_envmap(resize_envmap(env, 8), deg), small_rig) * 2.0**stops
 
-    np.testing.assert_allclose(shard["w_a"][i].numpy(), weights(env_a, row.rotation_a_deg), rtol=1e-4, atol=1e-6)
-    x_a = relight(olat, weights(env_a, row.rotation_a_deg)) * row.scale
+    w_a = weights(env_a, row.rotation_a_deg, row.exposure_a_stops)
+    np.testing.assert_allclose(shard["w_a"][i].numpy(), w_a, rtol=1e-4, atol=1e-6)
+    x_a = relight(olat, w_a) * row.scale
     np.testing.assert_allclose(shard["x_a"][i].permute(1, 2, 0).float().numpy(), x_a, rtol=2e-3, atol=2e-4)
-    x_b = relight(olat, weights(env_b, row.rotation_b_deg)) * row.scale
+    x_b = relight(olat, weights(env_b, row.rotation_b_deg, row.exposure_b_stops)) * row.scale
     np.testing.assert_allclose(shard["x_b"][i].permute(1, 2, 0).float().numpy(), x_b, rtol=2e-3, atol=2e-4)
     inside = matte > 0.5
     assert max(x_a[inside].max(), x_b[inside].max()) == pytest.approx(1.0, rel=1e-4)
     # the background: a crop of map b as rotated (rotating first, then cropping at yaw 0)
     y_b = perspective_crop(rotate_envmap(env_b, row.rotation_b_deg), row.fov_deg, 0.0, row.pitch_deg, (24, 24))
+    y_b = y_b * row.scale * 2.0**row.exposure_b_stops
     got = shard["y_b"][i].permute(1, 2, 0).float().numpy()
-    assert np.median(np.abs(got - y_b * row.scale) / (y_b * row.scale + 1e-3)) < 0.05
+    assert np.median(np.abs(got - y_b) / (y_b + 1e-3)) < 0.05
     np.testing.assert_allclose(shard["matte"][i, 0].float().numpy(), matte, atol=1e-3)
 
 

@@ -39,10 +39,15 @@ def _config(cls, args, section: str):
 # --- jobs --------------------------------------------------------------------------------------------------------
 
 def cmd_starter_data(args) -> None:
-    from relightful.data.starter import StarterConfig, build_starter_set
+    from relightful.data.starter import StarterConfig, StarterDataError, build_starter_set
 
     cfg = _config(StarterConfig, args, "starter")
-    build_starter_set(args.out, cfg, progress=not args.quiet)
+    try:
+        entries = build_starter_set(args.out, cfg.sources, cfg.n_skies, cfg.sky_height, cfg.seed,
+                                    progress=not args.quiet)
+    except StarterDataError as err:
+        raise JobFailed(str(err)) from None
+    print(f"starter-data: {len(entries)} maps -> {args.out}")
 
 
 def cmd_synthetic_stage(args) -> None:
@@ -90,9 +95,13 @@ def cmd_render_pairs(args) -> None:
 
 def cmd_validate_data(args) -> None:
     from relightful.data.expectations import ValidationConfig, validate_data
+    from relightful.data.pairs import RenderConfig
+
+    from relightful.config import load_config
 
     cfg = _config(ValidationConfig, args, "validate")
-    report = validate_data(args.envmaps, args.pairs, args.report, cfg)
+    render = load_config(RenderConfig, args.params, "render", profile=args.profile) if args.params else RenderConfig()
+    report = validate_data(args.envmaps, args.pairs, args.report, render.plan.fov_range, cfg.matte_coverage_range)
     print(report.to_markdown())
     if not report.success:
         raise JobFailed(f"data expectations failed; report written to {args.report}")

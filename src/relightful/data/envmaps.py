@@ -37,6 +37,9 @@ REPORT = "report.json"
 class IngestConfig:
     height: int = 128                 # working size: maps are resampled to height x 2*height
     max_negative_fraction: float = 0.01  # more negative pixel values than this is a broken file, not compression noise
+    # Maps from different sources have arbitrary absolute units (a CC0 sky in kcd/m², a studio HDRI in relative
+    # units): scale each to this mean radiance ∫L dω / 4π. None keeps calibrated maps' absolute radiance.
+    normalise_mean: float | None = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def normalise_envmap(raw: np.ndarray, path: Path, config: IngestConfig) -> tuple[np.ndarray, float]:
-    """Check shape and sign, clip compression noise below zero, resample to the working size."""
+def normalise_envmap(raw: np.ndarray, path: Path, config: IngestConfig) -> tuple[np.ndarray, float, float]:
+    """Check shape and sign, clip compression noise below zero, resample to the working size, normalise.
+
+    Returns the map, the fraction of negative values clipped and the exposure factor applied.
+    """
     h, w = raw.shape[:2]
     if w != 2 * h:
         ratio = w / h if h else float("inf")
@@ -68,7 +74,11 @@ def normalise_envmap(raw: np.ndarray, path: Path, config: IngestConfig) -> tuple
         raise InputError(path, "non-finite values after resampling (values too large for float32)")
     if float(env.max()) <= 0.0:
         raise InputError(path, "the map is black (no light)")
-    return env, negative
+    exposure = 1.0
+    if config.normalise_mean is not None:
+        exposure = config.normalise_mean / map_statistics(env)["mean_radiance"]
+        env = (env * np.float32(exposure)).astype(np.float32)
+    return env, negative, exposure
 
 
 def map_statistics(env: np.ndarray) -> dict[str, float]:
@@ -118,11 +128,12 @@ def ingest_hdr(input_dir: str | Path, output_dir: str | Path, rig: LedRig, confi
             row["sha256"] = sha256_file(path)
             if path.stem in seen:
                 raise InputError(path, f"duplicate map id {path.stem!r} (another file has the same stem)")
-            env, negative = normalise_envmap(read_hdr(path), path, config)
+            env, negative, exposure = normalise_envmap(read_hdr(path), path, config)
             item = IngestedMap(path.stem, env, envmap_to_led_weights(env, rig))
             save_map(maps_dir / f"{item.map_id}.safetensors", item, rig, str(path), row["sha256"])
             seen.add(path.stem)
-            row.update(height=env.shape[0], width=env.shape[1], negative_fraction=negative, **map_statistics(env))
+            row.update(height=env.shape[0], width=env.shape[1], negative_fraction=negative, exposure=exposure,
+                       **map_statistics(env))
         except InputError as err:
             log.warning("rejected %s", err)
             row.update(status="rejected", reason=err.reason)

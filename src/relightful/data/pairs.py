@@ -3,7 +3,8 @@
 Output folder:
 
     shard-00000.safetensors    per pair: x_a, x_b, y_b (P, 3, S, S) float16 linear, matte (P, 1, S, S) float16,
-                               w_a, w_b (P, N, 3) float32 LED weights of the rotated maps a and b
+                               w_a, w_b (P, N, 3) float32 LED weights of the rotated maps a and b, exposure
+                               gains included (x_a = scale · relight(OLAT, w_a))
     envmaps.safetensors        each map used, once: "<map_id>" (h, 2h, 3) float16 linear, unrotated; z_b is
                                rotate_envmap(envmaps[env_b], rotation_b_deg)
     rig.json                   the rig the weights refer to
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,8 @@ from relightful.data.envmaps import MANIFEST as ENVMAP_MANIFEST, MAPS_DIR, load_
 from relightful.data.plan import PlanConfig, plan_pairs
 from relightful.data.schema import PAIR_COLUMNS
 from relightful.io import InputError, atomic_path, atomic_write_text, save_tensors
-from relightful.lighting import LedRig, OlatStack, camera_rays, envmap_to_led_weights, resize_envmap, sample_envmap
+from relightful.lighting import LedRig, OlatStack, led_projection_matrix, resize_envmap
+from relightful.lighting.camera import crop_grid, pad_longitude
 from relightful.lightstage import load_olat_set
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class RenderConfig:
     size: int = 64                 # pairs are size x size
     weights_height: int = 64       # maps are projected onto the LEDs at this lat-long height
     panorama_height: int = 32      # height of the maps stored for z_b
+    background_oversampling: float = 2.0  # background samples per map pixel before resizing to the pair size
+    chunk: int = 8                 # pairs relit and post-processed together (keeps work in the CPU cache)
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
@@ -77,17 +82,25 @@ def list_subjects(subjects_dir: Path) -> list[str]:
 
 
 def roll_weight_table(env: np.ndarray, rig: LedRig, height: int) -> torch.Tensor:
-    """(W, N, 3) float32: LED weights of the map rolled by 0..W−1 columns at lat-long height `height`."""
-    small = torch.from_numpy(resize_envmap(env, height))
+    """(W, N, 3) float32: LED weights of the map rolled by 0..W−1 columns, at lat-long height `height`.
+
+    Rolling the map by k columns gives weights c[k] = Σ_j P[j + k] L[j] per row (a circular cross-correlation of
+    the projection matrix P with the map L along longitude), so all W rolls cost a few FFTs, not W products.
+    """
+    small = torch.from_numpy(resize_envmap(env, height)).double()  # (H, W, 3)
     width = small.shape[1]
-    rolled = torch.stack([torch.roll(small, k, dims=1) for k in range(width)])
-    return torch.as_tensor(envmap_to_led_weights(rolled, rig)).float()
+    proj = led_projection_matrix(rig, height).reshape(rig.n_leds, height, width)
+    spectrum = torch.einsum("nhf,hfc->nfc", torch.fft.rfft(proj, dim=2), torch.fft.rfft(small, dim=1).conj())
+    weights = torch.fft.irfft(spectrum, n=width, dim=1)  # (N, W, 3)
+    return weights.permute(1, 0, 2).float().contiguous()
 
 
 @dataclass
 class PreparedSubject:
     stack: OlatStack        # OLAT at render size
     matte: torch.Tensor     # (S, S) float32
+    inside: torch.Tensor    # (S·S,) bool: matte > 0.5, where the subject's maximum is taken
+    olat_sums: torch.Tensor  # (N, 3): Σ_pixels matte · OLAT_k, so matte-weighted means cost O(N) per lighting
 
 
 def centre_square(x: torch.Tensor) -> torch.Tensor:
@@ -106,21 +119,10 @@ def prepare_subject(subject_dir: Path, rig: LedRig, size: int) -> PreparedSubjec
     if chw.shape[-1] != size:
         chw = F.interpolate(chw, size=(size, size), mode="area" if chw.shape[-1] > size else "bilinear")
         m = F.interpolate(m, size=(size, size), mode="area" if m.shape[-1] > size else "bilinear")
-    return PreparedSubject(OlatStack(chw.permute(0, 2, 3, 1)), m[0, 0].clamp(0, 1))
-
-
-# --- one shard ---------------------------------------------------------------------------------------------------
-
-def background_crops(envmaps: dict[str, torch.Tensor], rows: pd.DataFrame, size: int) -> torch.Tensor:
-    """(P, 3, S, S) linear crops of each pair's map b as seen by the camera after rotating the map by rotation_b.
-
-    Looking at a map rotated by Δ at yaw 0 is looking at the unrotated map at yaw −Δ: one interpolation, not two.
-    """
-    crops = [
-        sample_envmap(envmaps[r.env_b], camera_rays(r.fov_deg, -r.rotation_b_deg, r.pitch_deg, (size, size)))
-        for r in rows.itertuples()
-    ]
-    return torch.stack(crops).permute(0, 3, 1, 2)
+    m = m[0, 0].clamp(0, 1)
+    stack = OlatStack(chw.permute(0, 2, 3, 1))
+    sums = (stack.planar * m.reshape(1, 1, -1)).sum(dim=2).T  # (N, 3)
+    return PreparedSubject(stack, m, (m > 0.5).reshape(-1), sums)
 
 
 def lookup_weights(tables: dict[str, torch.Tensor], map_ids, degrees) -> torch.Tensor:
@@ -137,42 +139,71 @@ def lookup_weights(tables: dict[str, torch.Tensor], map_ids, degrees) -> torch.T
     return (1 - frac) * stacked[which, k] + frac * stacked[which, (k + 1) % width]
 
 
-def render_rows(rows: pd.DataFrame, subject: PreparedSubject, envmaps: dict[str, torch.Tensor],
-                tables: dict[str, torch.Tensor], size: int) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-    """Render the pairs of one subject: shard tensors, and the rows completed with scale and statistics."""
-    p = len(rows)
-    w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values)
-    w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values)
-    lit = subject.stack.relight_planar(torch.cat([w_a, w_b]))  # (3, 2P, S·S): every lighting in one product
-    lit = lit.permute(1, 0, 2).reshape(2 * p, 3, size, size)
-    x_a, x_b = lit[:p], lit[p:]
-    m = subject.matte
-    inside = (m > 0.5).expand(3, size, size)
-    fg_max = torch.maximum(x_a[:, inside].amax(dim=1), x_b[:, inside].amax(dim=1)) if inside.any() else \
-        torch.maximum(x_a.flatten(1).amax(1), x_b.flatten(1).amax(1))
+def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, size: int,
+                     oversampling: float) -> torch.Tensor:
+    """(P, 3, S, S) linear views of each pair's map b, as the camera sees it after the map is rotated.
+
+    Looking at a map rotated by Δ at yaw 0 is looking at the unrotated map at yaw −Δ: one interpolation, not two.
+    The views are sampled at `oversampling` samples per map pixel across the field of view (the map holds no finer
+    detail) and bilinearly resized to the pair size: the same image as sampling every pixel, at a fraction of
+    the cost.
+    """
+    maps = torch.stack([padded_maps[m] for m in rows.env_b])  # (P, 3, H, 2W + 4)
+    map_height = maps.shape[-2]
+    res = min(size, max(8, math.ceil(oversampling * 2 * map_height * float(rows.fov_deg.max()) / 360.0)))
+    grids = torch.stack([crop_grid(r.fov_deg, -r.rotation_b_deg, r.pitch_deg, (res, res), map_height)
+                         for r in rows.itertuples()])
+    crops = F.grid_sample(maps, grids, mode="bilinear", padding_mode="border", align_corners=False)
+    if res != size:
+        crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False)
+    return crops
+
+
+def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[str, torch.Tensor],
+                tables: dict[str, torch.Tensor], config: RenderConfig,
+                out: dict[str, torch.Tensor], start: int) -> pd.DataFrame:
+    """Render the pairs of one subject into out[...][start:start+P]; returns the rows completed with statistics.
+
+    Works in chunks of a few pairs so the intermediate float32 images stay in the CPU cache; the one scale per
+    pair is applied in the same pass that converts to float16.
+    """
+    size, p = config.size, len(rows)
+    gain_a = torch.from_numpy(2.0 ** rows.exposure_a_stops.values).float()
+    gain_b = torch.from_numpy(2.0 ** rows.exposure_b_stops.values).float()
+    w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values) * gain_a[:, None, None]
+    w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values) * gain_b[:, None, None]
+    fg_max = torch.empty(p)
+    bg_mean, bg_max = torch.empty(p), torch.empty(p)
+    for c0 in range(0, p, config.chunk):
+        c1 = min(p, c0 + config.chunk)
+        n = c1 - c0
+        lit = subject.stack.relight_planar(torch.cat([w_a[c0:c1], w_b[c0:c1]]))  # (3, 2n, S·S), one product
+        peak = lit[:, :, subject.inside].amax(dim=(0, 2)) if subject.inside.any() else lit.amax(dim=(0, 2))
+        top = torch.maximum(peak[:n], peak[n:])
+        fg_max[c0:c1] = top
+        scale = 1.0 / top.clamp_min(1e-12)
+        lit.mul_(scale.repeat(2)[None, :, None])
+        images = lit.permute(1, 0, 2).reshape(2, n, 3, size, size).clamp_(0, FLOAT16_MAX)
+        out["x_a"][start + c0:start + c1] = images[0]
+        out["x_b"][start + c0:start + c1] = images[1]
+        crops = background_crops(padded_maps, rows.iloc[c0:c1], size, config.background_oversampling)
+        crops.mul_((scale * gain_b[c0:c1])[:, None, None, None])
+        bg_mean[c0:c1], bg_max[c0:c1] = crops.mean(dim=(1, 2, 3)), crops.amax(dim=(1, 2, 3))
+        out["y_b"][start + c0:start + c1] = crops.clamp_(0, FLOAT16_MAX)
+    out["matte"][start:start + p] = subject.matte
+    out["w_a"][start:start + p], out["w_b"][start:start + p] = w_a, w_b
     scale = 1.0 / fg_max.clamp_min(1e-12)
-    y_b = background_crops(envmaps, rows, size)
-    k = scale[:, None, None, None]
-    x_a, x_b, y_b = x_a * k, x_b * k, y_b * k
-    mass = m.sum().clamp_min(1e-12) * 3
+    mass = 3.0 * subject.matte.sum().clamp_min(1e-12)
     stats = pd.DataFrame({
         "scale": scale.double().numpy(),
-        "matte_coverage": float((m > 0.5).float().mean()),
-        "fg_mean_a": ((x_a * m).sum(dim=(1, 2, 3)) / mass).double().numpy(),
-        "fg_mean_b": ((x_b * m).sum(dim=(1, 2, 3)) / mass).double().numpy(),
+        "matte_coverage": float(subject.inside.float().mean()),
+        "fg_mean_a": ((w_a * subject.olat_sums).sum(dim=(1, 2)) * scale / mass).double().numpy(),
+        "fg_mean_b": ((w_b * subject.olat_sums).sum(dim=(1, 2)) * scale / mass).double().numpy(),
         "fg_max": (fg_max * scale).double().numpy(),
-        "bg_mean": y_b.mean(dim=(1, 2, 3)).double().numpy(),
-        "bg_max": y_b.amax(dim=(1, 2, 3)).double().numpy(),
+        "bg_mean": bg_mean.double().numpy(),
+        "bg_max": bg_max.double().numpy(),
     }, index=rows.index)
-    tensors = {
-        "x_a": x_a.clamp(0, FLOAT16_MAX).half(),
-        "x_b": x_b.clamp(0, FLOAT16_MAX).half(),
-        "y_b": y_b.clamp(0, FLOAT16_MAX).half(),
-        "matte": m.expand(p, 1, size, size).half(),
-        "w_a": w_a,
-        "w_b": w_b,
-    }
-    return tensors, pd.concat([rows, stats], axis=1)
+    return pd.concat([rows, stats], axis=1)
 
 
 class SubjectCache:
@@ -191,28 +222,36 @@ class SubjectCache:
         return self._items[subject_id]
 
 
-def render_shard(rows: pd.DataFrame, subjects: SubjectCache, envmaps: dict[str, torch.Tensor],
-                 tables: dict[str, torch.Tensor], size: int, failed: dict[str, str]) -> tuple[dict, pd.DataFrame]:
+def empty_shard(p: int, size: int, n_leds: int) -> dict[str, torch.Tensor]:
+    images = dict(dtype=torch.float16)
+    return {"x_a": torch.empty(p, 3, size, size, **images), "x_b": torch.empty(p, 3, size, size, **images),
+            "y_b": torch.empty(p, 3, size, size, **images), "matte": torch.empty(p, 1, size, size, **images),
+            "w_a": torch.empty(p, n_leds, 3), "w_b": torch.empty(p, n_leds, 3)}
+
+
+def render_shard(rows: pd.DataFrame, subjects: SubjectCache, padded_maps: dict[str, torch.Tensor],
+                 tables: dict[str, torch.Tensor], config: RenderConfig, failed: dict[str, str]) -> tuple[dict, pd.DataFrame]:
     """Render one shard's rows; pairs of subjects that fail to load are dropped and recorded in `failed`."""
-    parts, done = [], []
+    groups = []
     for subject_id, group in rows.groupby("subject_id", sort=False):
         if subject_id in failed:
             continue
         try:
-            prepared = subjects.get(subject_id)
+            groups.append((subjects.get(subject_id), group))
         except InputError as err:
             log.warning("skipping subject %s: %s", subject_id, err)
             failed[subject_id] = str(err)
-            continue
-        tensors, completed = render_rows(group, prepared, envmaps, tables, size)
-        parts.append(tensors)
-        done.append(completed)
-    if not parts:
+    p = sum(len(g) for _, g in groups)
+    if p == 0:
         return {}, rows.iloc[:0]
-    tensors = {k: torch.cat([t[k] for t in parts]) for k in parts[0]}
+    out = empty_shard(p, config.size, subjects.rig.n_leds)
+    done, start = [], 0
+    for prepared, group in groups:
+        done.append(render_rows(group, prepared, padded_maps, tables, config, out, start))
+        start += len(group)
     manifest = pd.concat(done)
     manifest["index"] = np.arange(len(manifest))
-    return tensors, manifest
+    return out, manifest
 
 
 # --- the whole job -----------------------------------------------------------------------------------------------
@@ -238,7 +277,7 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     shards = list(dict.fromkeys(plan.shard))
     mine = [s for n, s in enumerate(shards) if n % num_shards == shard_index]
     used = sorted(set(plan.loc[plan.shard.isin(mine), "env_a"]) | set(plan.loc[plan.shard.isin(mine), "env_b"]))
-    envmaps = {m: torch.from_numpy(envmaps_np[m]) for m in used}
+    padded_maps = {m: pad_longitude(torch.from_numpy(envmaps_np[m]).permute(2, 0, 1)) for m in used}
     tables = {m: roll_weight_table(envmaps_np[m], rig, config.weights_height)
               for m in tqdm(used, desc="LED weights", unit="map", disable=not progress)}
     subjects = SubjectCache(subjects_dir, rig, config.size)
@@ -246,7 +285,7 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in tqdm(mine, desc=f"render-pairs {shard_index + 1}/{num_shards}", unit="shard", disable=not progress):
-        tensors, rows = render_shard(plan[plan.shard == name], subjects, envmaps, tables, config.size, failed)
+        tensors, rows = render_shard(plan[plan.shard == name], subjects, padded_maps, tables, config, failed)
         if rows.empty:
             (out_dir / name).unlink(missing_ok=True)
             continue

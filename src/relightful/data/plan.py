@@ -21,6 +21,7 @@ class PlanConfig:
     pairs_per_shard: int = 64
     fov_range: tuple[float, float] = (40.0, 70.0)
     pitch_range: tuple[float, float] = (-5.0, 10.0)
+    exposure_jitter_stops: float = 1.0  # each lighting's intensity varies by 2^U(−j, j): the model learns strength
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     seed: int = 0
 
@@ -52,6 +53,8 @@ def plan_pairs(subject_ids: list[str], map_ids: list[str], config: PlanConfig) -
                     "rotation_b_deg": float(rng.uniform(0.0, 360.0)) % 360.0,
                     "fov_deg": float(rng.uniform(*config.fov_range)),
                     "pitch_deg": float(rng.uniform(*config.pitch_range)),
+                    "exposure_a_stops": float(rng.uniform(-1, 1) * config.exposure_jitter_stops),
+                    "exposure_b_stops": float(rng.uniform(-1, 1) * config.exposure_jitter_stops),
                 })
     plan = pd.DataFrame(rows)
     if plan.empty:

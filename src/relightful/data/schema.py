@@ -18,6 +18,7 @@ ENVMAP_COLUMNS: dict[str, str] = {
     "max_radiance": "float",    # brightest pixel value
     "dynamic_range": "float",   # log10(max luminance / median luminance)
     "negative_fraction": "float",  # fraction of input pixel values that were < 0 and clipped
+    "exposure": "float",        # factor applied to the input's radiance (mean-radiance normalisation; 1 if off)
 }
 
 # data/pairs/manifest.parquet: one row per training tuple (DESIGN 3.4).
@@ -32,6 +33,8 @@ PAIR_COLUMNS: dict[str, str] = {
     "rotation_b_deg": "float",
     "fov_deg": "float",         # horizontal FoV of the background crop
     "pitch_deg": "float",       # background camera pitch
+    "exposure_a_stops": "float",  # log2 intensity factor applied to map a (lighting-strength augmentation)
+    "exposure_b_stops": "float",  # log2 intensity factor applied to map b, its lighting and its background alike
     "split": "str",             # "train" | "val" | "test"; subjects and maps never cross splits
     "scale": "float",           # the one factor applied to x_a, x_b, y_b (subject max over x_a, x_b -> 1)
     "matte_coverage": "float",  # fraction of pixels with matte > 0.5

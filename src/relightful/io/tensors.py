@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
-from relightful.io.atomic import atomic_write_bytes
+from relightful.io.atomic import atomic_path
 from relightful.io.errors import InputError
 
 
@@ -24,7 +25,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
-    atomic_write_bytes(path, save(payload, metadata=header))
+    with atomic_path(path) as tmp:
+        save_file(payload, tmp, metadata=header)  # streams the tensors to disk without a bytes copy
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

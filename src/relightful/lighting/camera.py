@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from relightful.io.dispatch import like, to_torch
-from relightful.lighting.envmap import check_envmap, sample_envmap
+from relightful.lighting.envmap import check_envmap
 
 
 def camera_rays(fov_deg: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0, size: tuple[int, int] = (256, 256)) -> torch.Tensor:
@@ -51,10 +52,47 @@ def project_to_pixel(direction, fov_deg: float, yaw_deg: float = 0.0, pitch_deg:
     return row, col
 
 
+def pad_longitude(env_chw: torch.Tensor) -> torch.Tensor:
+    """(..., C, H, W) map -> (..., C, H, 2W + 4) with W/2 + 2 columns wrapped onto each side, for `crop_grid`."""
+    w = env_chw.shape[-1]
+    pad = w // 2 + 2
+    return torch.cat([env_chw[..., w - pad:], env_chw, env_chw[..., :pad]], dim=-1)
+
+
+def crop_grid(fov_deg: float, yaw_deg: float, pitch_deg: float, size: tuple[int, int], map_height: int) -> torch.Tensor:
+    """(h, w, 2) float32 `grid_sample` coordinates of a pinhole view into a `pad_longitude`-padded map.
+
+    Exact pinhole geometry: in the camera's yaw-free frame a pixel (x, y) on the image plane has direction
+    (x, sin p + y cos p, −cos p + y sin p), so its longitude is yaw + atan2(x, cos p − y sin p) and its polar angle
+    atan2(√(x² + (cos p − y sin p)²), sin p + y cos p). grid_sample's bilinear lookup with border padding equals
+    `sample_envmap` (longitude wraps through the padding, latitude clamps).
+    """
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
+    h, w = size
+    width = 2 * map_height
+    half = math.tan(math.radians(fov_deg) / 2.0)
+    x = (2.0 * (torch.arange(w, dtype=torch.float32) + 0.5) / w - 1.0) * half
+    y = -(2.0 * (torch.arange(h, dtype=torch.float32) + 0.5) / h - 1.0) * half * (h / w)
+    sp, cp = math.sin(math.radians(pitch_deg)), math.cos(math.radians(pitch_deg))
+    depth = (cp - y * sp)[:, None]  # (h, 1): −z of the yaw-free direction
+    up = (sp + y * cp)[:, None]
+    phi = torch.atan2(x[None, :], depth)
+    theta = torch.atan2(torch.sqrt(x[None, :] ** 2 + depth**2), up)
+    centre = ((math.radians(yaw_deg) + math.pi) % (2 * math.pi)) * width / (2 * math.pi)
+    col = centre + phi * (width / (2 * math.pi)) - 0.5 + (width // 2 + 2)
+    padded = 2 * width + 4
+    gx = (2.0 * col + 1.0) / padded - 1.0
+    gy = (2.0 / math.pi) * theta - 1.0
+    return torch.stack([gx, gy], dim=-1)
+
+
 def perspective_crop(env, fov_deg: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0,
                      size: tuple[int, int] = (256, 256)):
     """Linear float32 (h, w, 3) pinhole view of an (H, 2H, 3) map, bilinearly sampled."""
     check_envmap(env)
     x = to_torch(env).float()
-    out = sample_envmap(x, camera_rays(fov_deg, yaw_deg, pitch_deg, size))
-    return like(out.float(), env)
+    padded = pad_longitude(x.permute(2, 0, 1))[None]
+    grid = crop_grid(fov_deg, yaw_deg, pitch_deg, size, x.shape[0])[None]
+    out = F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return like(out[0].permute(1, 2, 0).contiguous(), env)

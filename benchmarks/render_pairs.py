@@ -1,0 +1,116 @@
+"""Pair-rendering throughput against the bound a bare matrix product of the same shapes allows on this machine.
+
+Prints, as its last line, one JSON object: pairs/s of (a) the bare batched matrix product that relighting needs
+at minimum (2 lightings per pair, every LED, every pixel), (b) relighting as the renderer does it (LED-weight lookup
+of the rotated maps + the product), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
+float16 conversion, shard and manifest writing), and the ratios (b)/(a) and (c)/(a).
+
+    python benchmarks/render_pairs.py --size 256 --subjects 2 --pairs-per-subject 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relightful.data.envmaps import IngestConfig, ingest_hdr
+from relightful.data.pairs import (RenderConfig, load_envmaps, lookup_weights, prepare_subject, render_pairs,
+                                   roll_weight_table)
+from relightful.data.plan import PlanConfig, plan_pairs
+from relightful.io import write_hdr
+from relightful.lightstage import make_default_rig, write_olat_set
+
+
+def make_inputs(root: Path, args) -> tuple:
+    rng = np.random.default_rng(0)
+    rig = make_default_rig(n_leds=args.leds)
+    c = (np.arange(args.size) + 0.5) / args.size * 2 - 1
+    matte = ((c[None, :] ** 2 + c[:, None] ** 2) < 0.6).astype(np.float32)
+    for i in range(args.subjects):
+        olat = rng.uniform(0, 1, size=(rig.n_leds, args.size, args.size, 3)).astype(np.float32) * matte[..., None]
+        write_olat_set(root / "subjects" / f"s{i:02d}", olat, matte, rig)
+    for i in range(args.maps):
+        env = np.exp(rng.normal(0, 1.5, size=(args.map_height, 2 * args.map_height, 3))).astype(np.float32)
+        write_hdr(root / "hdri" / f"m{i:02d}.exr", env)
+    ingest_hdr(root / "hdri", root / "envmaps", rig, IngestConfig(height=args.map_height), progress=False)
+    config = RenderConfig(size=args.size, weights_height=64, panorama_height=32,
+                          plan=PlanConfig(pairs_per_subject=args.pairs_per_subject, pairs_per_shard=args.pairs_per_shard,
+                                          split_fractions={"train": 1.0}))
+    return rig, config
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--leds", type=int, default=156)
+    ap.add_argument("--subjects", type=int, default=2)
+    ap.add_argument("--pairs-per-subject", type=int, default=128)
+    ap.add_argument("--pairs-per-shard", type=int, default=64)
+    ap.add_argument("--maps", type=int, default=8)
+    ap.add_argument("--map-height", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rig, config = make_inputs(root, args)
+        envmaps = load_envmaps(root / "envmaps")
+        plan = plan_pairs(sorted(p.name for p in (root / "subjects").iterdir()), list(envmaps), config.plan)
+        tables = {m: roll_weight_table(e, rig, config.weights_height) for m, e in envmaps.items()}
+        subjects = {s: prepare_subject(root / "subjects" / s, rig, args.size) for s in plan.subject_id.unique()}
+        n_pairs = len(plan)
+
+        weights = {}
+        for s, rows in plan.groupby("subject_id"):
+            w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values)
+            w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values)
+            weights[s] = torch.cat([w_a, w_b]).permute(2, 0, 1).contiguous()
+
+        def bare():
+            for s, w in weights.items():
+                torch.bmm(w, subjects[s].stack.planar)
+
+        def relight():
+            for s, rows in plan.groupby("subject_id"):
+                w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values)
+                w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values)
+                subjects[s].stack.relight_planar(torch.cat([w_a, w_b]))
+
+        def whole():
+            render_pairs(root / "subjects", rig, root / "envmaps", root / "pairs", config, progress=False)
+
+        t_bare = best_of(bare, args.repeats)
+        t_relight = best_of(relight, args.repeats)
+        t_whole = best_of(whole, max(1, args.repeats - 1))
+
+    result = {
+        "size": args.size, "n_leds": rig.n_leds, "pairs": n_pairs, "threads": torch.get_num_threads(),
+        "bound_pairs_per_s": round(n_pairs / t_bare, 1),
+        "relight_pairs_per_s": round(n_pairs / t_relight, 1),
+        "render_pairs_per_s": round(n_pairs / t_whole, 1),
+        "relight_ratio": round(t_bare / t_relight, 3),
+        "render_ratio": round(t_bare / t_whole, 3),
+    }
+    print(f"bound {result['bound_pairs_per_s']} pairs/s | relight {result['relight_pairs_per_s']} pairs/s "
+          f"(x{result['relight_ratio']}) | whole render {result['render_pairs_per_s']} pairs/s (x{result['render_ratio']})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
