@@ -1,0 +1,34 @@
+# Fresh-machine entry points (see README): `make run` and `make test` create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test test-slow bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the CPU wheel first: an unpinned torch anywhere would pull multi-GB CUDA builds
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the whole DVC pipeline on the active profile of params.yaml (tiny by default).
+run: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python benchmarks/render_pairs.py
+
+clean-venv:
+	rm -rf $(VENV)
