@@ -51,10 +51,11 @@ def cmd_starter_data(args) -> None:
 
 
 def cmd_synthetic_stage(args) -> None:
-    from relightful.lightstage.synthetic import SyntheticStageConfig, write_synthetic_stage
+    from relightful.lightstage.synthetic import SyntheticStageConfig, build_synthetic_stage
 
     cfg = _config(SyntheticStageConfig, args, "lightstage")
-    write_synthetic_stage(args.out, cfg, progress=not args.quiet)
+    ids = build_synthetic_stage(args.out, cfg, progress=not args.quiet)
+    print(f"synthetic-stage: {len(ids)} subjects, {cfg.n_leds} LEDs -> {args.out}")
 
 
 def cmd_ingest_hdr(args) -> None:

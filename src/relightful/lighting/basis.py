@@ -20,8 +20,7 @@ from relightful.lighting.rig import LedRig
 
 def _squared_angles(rig: LedRig, height: int) -> torch.Tensor:
     """(N, H·W) float64 squared angles between LED directions and pixel directions."""
-    dirs = torch.from_numpy(latlong_directions(height).reshape(-1, 3)).double()
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    dirs = torch.from_numpy(latlong_directions(height, np.float64).reshape(-1, 3))  # float64: weights are exact
     cos = torch.tensor(rig.directions) @ dirs.T
     return torch.arccos(cos.clamp(-1.0, 1.0)) ** 2
 
@@ -30,7 +29,7 @@ def _squared_angles(rig: LedRig, height: int) -> torch.Tensor:
 def _projection_cached(fingerprint: str, height: int, rig: LedRig) -> torch.Tensor:
     sigma = np.radians(rig.sigma_deg)
     basis = torch.softmax(-_squared_angles(rig, height) / (2 * sigma**2), dim=0)
-    omega = torch.from_numpy(latlong_solid_angles(height).reshape(-1)).double()
+    omega = torch.from_numpy(latlong_solid_angles(height, np.float64).reshape(-1))
     return (basis * omega).contiguous()
 
 
@@ -55,7 +54,7 @@ def envmap_to_led_weights(env, rig: LedRig):
 def _splat_cached(fingerprint: str, height: int, rig: LedRig) -> torch.Tensor:
     sigma = np.radians(rig.sigma_deg)
     lobes = torch.exp(-_squared_angles(rig, height) / (2 * sigma**2))  # (N, HW)
-    omega = torch.from_numpy(latlong_solid_angles(height).reshape(-1)).double()
+    omega = torch.from_numpy(latlong_solid_angles(height, np.float64).reshape(-1))
     integral = (lobes * omega).sum(dim=1, keepdim=True)
     return lobes / integral.clamp_min(1e-300)
 

@@ -25,20 +25,20 @@ def latlong_angles(height: int) -> tuple[np.ndarray, np.ndarray]:
     return theta, phi
 
 
-def latlong_directions(height: int) -> np.ndarray:
-    """(H, 2H, 3) float32 unit vectors of the pixel centres."""
+def latlong_directions(height: int, dtype=np.float32) -> np.ndarray:
+    """(H, 2H, 3) unit vectors of the pixel centres (float32 unless `dtype` says otherwise)."""
     theta, phi = latlong_angles(height)
     t, p = np.meshgrid(theta, phi, indexing="ij")
     d = np.stack([np.sin(t) * np.sin(p), np.cos(t), -np.sin(t) * np.cos(p)], axis=-1)
-    return d.astype(np.float32)
+    return d.astype(dtype)
 
 
-def latlong_solid_angles(height: int) -> np.ndarray:
-    """(H, 2H) float32 pixel solid angles sin θ · (π/H) · (2π/W); they sum to 4π (to O(1/H²))."""
+def latlong_solid_angles(height: int, dtype=np.float32) -> np.ndarray:
+    """(H, 2H) pixel solid angles sin θ · (π/H) · (2π/W); they sum to 4π (to O(1/H²))."""
     theta, _ = latlong_angles(height)
     width = 2 * height
     row = np.sin(theta) * (np.pi / height) * (2 * np.pi / width)
-    return np.repeat(row[:, None], width, axis=1).astype(np.float32)
+    return np.repeat(row[:, None], width, axis=1).astype(dtype)
 
 
 def direction_to_pixel(directions) -> tuple[np.ndarray, np.ndarray]:

@@ -2,5 +2,16 @@
 
 from relightful.lightstage.format import load_olat_set, write_olat_set
 from relightful.lightstage.rigs import fibonacci_directions, make_default_rig
+from relightful.lightstage.synthetic import (
+    SubjectSpec,
+    SyntheticSubject,
+    random_subject,
+    render_subject,
+    sphere_subject,
+    write_synthetic_stage,
+)
 
-__all__ = ["fibonacci_directions", "load_olat_set", "make_default_rig", "write_olat_set"]
+__all__ = [
+    "SubjectSpec", "SyntheticSubject", "fibonacci_directions", "load_olat_set", "make_default_rig", "random_subject",
+    "render_subject", "sphere_subject", "write_olat_set", "write_synthetic_stage",
+]
