@@ -1,17 +1,19 @@
 """Pair-rendering throughput against the bound a bare matrix product of the same shapes allows on this machine.
 
 Prints, as its last line, one JSON object: pairs/s of (a) the bare batched matrix product that relighting needs
-at minimum (2 lightings per pair, every LED, every pixel), (b) relighting as the renderer does it (LED-weight lookup
-of the rotated maps + the product), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
-float16 conversion, shard and manifest writing), and the ratios (b)/(a) and (c)/(a).
+at minimum (2 lightings per pair, every LED, every pixel, float32 out), (b) relighting as the renderer does it
+(LED-weight lookup of the rotated maps, the subject's maximum, the scaled float16 images), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
+float16 conversion, shard and manifest writing), and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which
+this disk takes the shards' bytes alone (written and fsynced, nothing computed), the other bound of (c).
 
-    python benchmarks/render_pairs.py --size 256 --subjects 2 --pairs-per-subject 128
+    python benchmarks/render_pairs.py --size 256 --subjects 2 --pairs-per-subject 512
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +22,8 @@ import numpy as np
 import torch
 
 from relightful.data.envmaps import IngestConfig, ingest_hdr
-from relightful.data.pairs import (RenderConfig, load_envmaps, lookup_weights, prepare_subject, render_pairs,
-                                   roll_weight_table)
+from relightful.data.pairs import (RenderConfig, RollTables, empty_shard, load_envmaps, lookup_weights,
+                                   prepare_subject, relight_pairs, render_pairs)
 from relightful.data.plan import PlanConfig, plan_pairs
 from relightful.io import write_hdr
 from relightful.lightstage import make_default_rig, write_olat_set
@@ -60,7 +62,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--leds", type=int, default=156)
     ap.add_argument("--subjects", type=int, default=2)
-    ap.add_argument("--pairs-per-subject", type=int, default=128)
+    ap.add_argument("--pairs-per-subject", type=int, default=512,
+                    help="subjects are loaded once and relit many times (the gpu profile: 4000 pairs each)")
     ap.add_argument("--pairs-per-shard", type=int, default=64)
     ap.add_argument("--maps", type=int, default=8)
     ap.add_argument("--map-height", type=int, default=128)
@@ -72,7 +75,7 @@ def main() -> None:
         rig, config = make_inputs(root, args)
         envmaps = load_envmaps(root / "envmaps")
         plan = plan_pairs(sorted(p.name for p in (root / "subjects").iterdir()), list(envmaps), config.plan)
-        tables = {m: roll_weight_table(e, rig, config.weights_height) for m, e in envmaps.items()}
+        tables = RollTables.build(envmaps, rig, config.weights_height)
         subjects = {s: prepare_subject(root / "subjects" / s, rig, args.size) for s in plan.subject_id.unique()}
         n_pairs = len(plan)
 
@@ -86,15 +89,34 @@ def main() -> None:
             for s, w in weights.items():
                 torch.bmm(w, subjects[s].stack.planar)
 
-        def relight():
+        out = empty_shard(args.pairs_per_shard, args.size, rig.n_leds)
+
+        def relight():  # as the renderer does it: weight lookup, the subject's maximum, scaled float16 images
             for s, rows in plan.groupby("subject_id"):
-                w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values)
-                w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values)
-                subjects[s].stack.relight_planar(torch.cat([w_a, w_b]))
+                for c in range(0, len(rows), args.pairs_per_shard):
+                    chunk = rows.iloc[c:c + args.pairs_per_shard]
+                    w_a = lookup_weights(tables, chunk.env_a, chunk.rotation_a_deg.values)
+                    w_b = lookup_weights(tables, chunk.env_b, chunk.rotation_b_deg.values)
+                    relight_pairs(subjects[s], w_a, w_b, out["x_a"][:len(chunk)], out["x_b"][:len(chunk)],
+                                  config.tile_kib)
 
-        def whole():
-            render_pairs(root / "subjects", rig, root / "envmaps", root / "pairs", config, progress=False)
+        runs = iter(range(1_000_000))
 
+        def whole():  # into a new folder each time, as `dvc repro` does (it removes a stage's outputs first)
+            render_pairs(root / "subjects", rig, root / "envmaps", root / f"pairs-{next(runs)}", config, progress=False)
+
+        shard_bytes = sum(t.numel() * t.element_size() for t in empty_shard(n_pairs, args.size, rig.n_leds).values())
+        payload = np.random.default_rng(1).integers(0, 255, size=shard_bytes // len(weights), dtype=np.uint8)
+
+        def write():  # the disk's own bound: the same bytes written and fsynced, nothing computed
+            for i in range(len(weights)):
+                with open(root / f"write-{i}.bin", "wb") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                (root / f"write-{i}.bin").unlink()
+
+        t_write = best_of(write, args.repeats)
         t_bare = best_of(bare, args.repeats)
         t_relight = best_of(relight, args.repeats)
         t_whole = best_of(whole, max(1, args.repeats - 1))
@@ -106,9 +128,12 @@ def main() -> None:
         "render_pairs_per_s": round(n_pairs / t_whole, 1),
         "relight_ratio": round(t_bare / t_relight, 3),
         "render_ratio": round(t_bare / t_whole, 3),
+        "disk_write_pairs_per_s": round(n_pairs / t_write, 1),
+        "render_to_disk_write_ratio": round(t_write / t_whole, 3),
     }
     print(f"bound {result['bound_pairs_per_s']} pairs/s | relight {result['relight_pairs_per_s']} pairs/s "
-          f"(x{result['relight_ratio']}) | whole render {result['render_pairs_per_s']} pairs/s (x{result['render_ratio']})")
+          f"(x{result['relight_ratio']}) | whole render {result['render_pairs_per_s']} pairs/s (x{result['render_ratio']}) | "
+          f"disk write alone {result['disk_write_pairs_per_s']} pairs/s")
     print(json.dumps(result))
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class RenderConfig:
     weights_height: int = 64       # maps are projected onto the LEDs at this lat-long height
     panorama_height: int = 32      # height of the maps stored for z_b
     background_oversampling: float = 2.0  # background samples per map pixel before resizing to the pair size
-    chunk: int = 8                 # pairs relit and post-processed together (keeps work in the CPU cache)
+    tile_kib: int = 1024           # float32 working set of one pixel tile of the relighting product (≈ L2 size)
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
@@ -101,6 +102,7 @@ class PreparedSubject:
     matte: torch.Tensor     # (S, S) float32
     inside: torch.Tensor    # (S·S,) bool: matte > 0.5, where the subject's maximum is taken
     olat_sums: torch.Tensor  # (N, 3): Σ_pixels matte · OLAT_k, so matte-weighted means cost O(N) per lighting
+    peak_stack: OlatStack   # the OLAT pixels inside the matte (all pixels if none is), where the maximum is taken
 
 
 def centre_square(x: torch.Tensor) -> torch.Tensor:
@@ -122,21 +124,34 @@ def prepare_subject(subject_dir: Path, rig: LedRig, size: int) -> PreparedSubjec
     m = m[0, 0].clamp(0, 1)
     stack = OlatStack(chw.permute(0, 2, 3, 1))
     sums = (stack.planar * m.reshape(1, 1, -1)).sum(dim=2).T  # (N, 3)
-    return PreparedSubject(stack, m, (m > 0.5).reshape(-1), sums)
+    inside = (m > 0.5).reshape(-1)
+    peak_stack = OlatStack.from_planar(stack.planar[:, :, inside] if inside.any() else stack.planar)
+    return PreparedSubject(stack, m, inside, sums, peak_stack)
 
 
-def lookup_weights(tables: dict[str, torch.Tensor], map_ids, degrees) -> torch.Tensor:
+@dataclass
+class RollTables:
+    """The `roll_weight_table` of every map, stacked once, so a batch of (map, angle) lookups is one gather."""
+    index: dict[str, int]
+    stacked: torch.Tensor  # (M, W, N, 3)
+
+    @classmethod
+    def build(cls, envmaps: dict[str, np.ndarray], rig: LedRig, height: int, progress: bool = False) -> "RollTables":
+        ids = sorted(envmaps)
+        tables = [roll_weight_table(envmaps[m], rig, height)
+                  for m in tqdm(ids, desc="LED weights", unit="map", disable=not progress)]
+        return cls({m: i for i, m in enumerate(ids)}, torch.stack(tables))
+
+
+def lookup_weights(tables: RollTables, map_ids, degrees) -> torch.Tensor:
     """(P, N, 3) LED weights of each map rotated by its angle, interpolated between the two nearest rolls."""
-    ids = list(map_ids)
-    order = sorted(set(ids))
-    stacked = torch.stack([tables[m] for m in order])  # (M, W, N, 3)
-    which = torch.tensor([order.index(m) for m in ids])
-    width = stacked.shape[1]
+    which = torch.tensor([tables.index[m] for m in map_ids], dtype=torch.long)
+    width = tables.stacked.shape[1]
     shift = (np.asarray(degrees, dtype=np.float64) % 360.0) / 360.0 * width
     whole = np.floor(shift)
     frac = torch.from_numpy(shift - whole).float()[:, None, None]
     k = torch.from_numpy(whole.astype(np.int64)) % width
-    return (1 - frac) * stacked[which, k] + frac * stacked[which, (k + 1) % width]
+    return (1 - frac) * tables.stacked[which, k] + frac * tables.stacked[which, (k + 1) % width]
 
 
 def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, size: int,
@@ -146,53 +161,78 @@ def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, s
     Looking at a map rotated by Δ at yaw 0 is looking at the unrotated map at yaw −Δ: one interpolation, not two.
     The views are sampled at `oversampling` samples per map pixel across the field of view (the map holds no finer
     detail) and bilinearly resized to the pair size: the same image as sampling every pixel, at a fraction of
-    the cost.
+    the cost. All views of one map are one `grid_sample` call (their grids stacked), so no map is copied per pair.
     """
-    maps = torch.stack([padded_maps[m] for m in rows.env_b])  # (P, 3, H, 2W + 4)
-    map_height = maps.shape[-2]
+    map_height = next(iter(padded_maps.values())).shape[-2]
     res = min(size, max(8, math.ceil(oversampling * 2 * map_height * float(rows.fov_deg.max()) / 360.0)))
-    grids = torch.stack([crop_grid(r.fov_deg, -r.rotation_b_deg, r.pitch_deg, (res, res), map_height)
-                         for r in rows.itertuples()])
-    crops = F.grid_sample(maps, grids, mode="bilinear", padding_mode="border", align_corners=False)
+    grids = crop_grid(rows.fov_deg.values, -rows.rotation_b_deg.values, rows.pitch_deg.values, (res, res), map_height)
+    crops = torch.empty(len(rows), 3, res, res)
+    env_b = rows.env_b.values
+    for map_id in dict.fromkeys(env_b):
+        idx = torch.from_numpy(np.flatnonzero(env_b == map_id))
+        views = F.grid_sample(padded_maps[map_id][None], grids[idx].reshape(1, len(idx) * res, res, 2),
+                              mode="bilinear", padding_mode="border", align_corners=False)  # (1, 3, n·res, res)
+        crops[idx] = views.reshape(3, len(idx), res, res).transpose(0, 1)
     if res != size:
         crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False)
     return crops
 
 
-def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[str, torch.Tensor],
-                tables: dict[str, torch.Tensor], config: RenderConfig,
-                out: dict[str, torch.Tensor], start: int) -> pd.DataFrame:
-    """Render the pairs of one subject into out[...][start:start+P]; returns the rows completed with statistics.
+def tiled_products(stack: OlatStack, weights: torch.Tensor, tile_kib: int):
+    """Yield (t0, t1, lit) with lit = (3, B, t1 − t0) float32: the relit pixels t0..t1 of B lightings (B, N, 3).
 
-    Works in chunks of a few pairs so the intermediate float32 images stay in the CPU cache; the one scale per
-    pair is applied in the same pass that converts to float16.
+    Working over pixel tiles, every tile reads its OLAT columns once for all B lightings and its result stays in
+    the CPU cache while the caller consumes it, so float32 images never go through memory. (Chunking over
+    lightings instead would re-read the whole OLAT stack once per chunk.)
     """
+    w = weights.float().permute(2, 0, 1).contiguous()  # (3, B, N)
+    pixels = stack.planar.shape[-1]
+    tile = max(64, (tile_kib * 1024) // (12 * w.shape[1]) // 64 * 64)
+    for t0 in range(0, pixels, tile):
+        t1 = min(pixels, t0 + tile)
+        yield t0, t1, torch.bmm(w, stack.planar[:, :, t0:t1])
+
+
+def relight_pairs(subject: PreparedSubject, w_a: torch.Tensor, w_b: torch.Tensor, x_a: torch.Tensor,
+                  x_b: torch.Tensor, tile_kib: int) -> torch.Tensor:
+    """Relight P pairs into the float16 images x_a, x_b (P, 3, S, S), scaled so the subject's maximum over x_a and
+    x_b is 1; returns that maximum before scaling (P,).
+
+    The maximum is found first from the pixels inside the matte only, then the scale is folded into the LED
+    weights (relighting is linear), so the full images are computed once, already scaled, straight into float16.
+    """
+    p = len(w_a)
+    both = torch.cat([w_a, w_b])
+    peak = torch.zeros(2 * p)
+    for _, _, lit in tiled_products(subject.peak_stack, both, tile_kib):
+        torch.maximum(peak, lit.amax(dim=(0, 2)), out=peak)
+    fg_max = torch.maximum(peak[:p], peak[p:])
+    scale = 1.0 / fg_max.clamp_min(1e-12)
+    planes_a, planes_b = x_a.view(p, 3, -1), x_b.view(p, 3, -1)
+    for t0, t1, lit in tiled_products(subject.stack, both * scale.repeat(2)[:, None, None], tile_kib):
+        lit = lit.clamp_(0, FLOAT16_MAX).transpose(0, 1)  # (2P, 3, T)
+        planes_a[:, :, t0:t1] = lit[:p]
+        planes_b[:, :, t0:t1] = lit[p:]
+    return fg_max
+
+
+def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[str, torch.Tensor],
+                tables: RollTables, config: RenderConfig,
+                out: dict[str, torch.Tensor], start: int) -> pd.DataFrame:
+    """Render the pairs of one subject into out[...][start:start+P]; returns the rows completed with statistics."""
     size, p = config.size, len(rows)
     gain_a = torch.from_numpy(2.0 ** rows.exposure_a_stops.values).float()
     gain_b = torch.from_numpy(2.0 ** rows.exposure_b_stops.values).float()
     w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values) * gain_a[:, None, None]
     w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values) * gain_b[:, None, None]
-    fg_max = torch.empty(p)
-    bg_mean, bg_max = torch.empty(p), torch.empty(p)
-    for c0 in range(0, p, config.chunk):
-        c1 = min(p, c0 + config.chunk)
-        n = c1 - c0
-        lit = subject.stack.relight_planar(torch.cat([w_a[c0:c1], w_b[c0:c1]]))  # (3, 2n, S·S), one product
-        peak = lit[:, :, subject.inside].amax(dim=(0, 2)) if subject.inside.any() else lit.amax(dim=(0, 2))
-        top = torch.maximum(peak[:n], peak[n:])
-        fg_max[c0:c1] = top
-        scale = 1.0 / top.clamp_min(1e-12)
-        lit.mul_(scale.repeat(2)[None, :, None])
-        images = lit.permute(1, 0, 2).reshape(2, n, 3, size, size).clamp_(0, FLOAT16_MAX)
-        out["x_a"][start + c0:start + c1] = images[0]
-        out["x_b"][start + c0:start + c1] = images[1]
-        crops = background_crops(padded_maps, rows.iloc[c0:c1], size, config.background_oversampling)
-        crops.mul_((scale * gain_b[c0:c1])[:, None, None, None])
-        bg_mean[c0:c1], bg_max[c0:c1] = crops.mean(dim=(1, 2, 3)), crops.amax(dim=(1, 2, 3))
-        out["y_b"][start + c0:start + c1] = crops.clamp_(0, FLOAT16_MAX)
+    fg_max = relight_pairs(subject, w_a, w_b, out["x_a"][start:start + p], out["x_b"][start:start + p],
+                           config.tile_kib)
+    scale = 1.0 / fg_max.clamp_min(1e-12)
+    crops = background_crops(padded_maps, rows, size, config.background_oversampling)
+    crops.mul_((scale * gain_b)[:, None, None, None])
+    out["y_b"][start:start + p] = crops.clamp_(0, FLOAT16_MAX)
     out["matte"][start:start + p] = subject.matte
     out["w_a"][start:start + p], out["w_b"][start:start + p] = w_a, w_b
-    scale = 1.0 / fg_max.clamp_min(1e-12)
     mass = 3.0 * subject.matte.sum().clamp_min(1e-12)
     stats = pd.DataFrame({
         "scale": scale.double().numpy(),
@@ -200,8 +240,8 @@ def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[
         "fg_mean_a": ((w_a * subject.olat_sums).sum(dim=(1, 2)) * scale / mass).double().numpy(),
         "fg_mean_b": ((w_b * subject.olat_sums).sum(dim=(1, 2)) * scale / mass).double().numpy(),
         "fg_max": (fg_max * scale).double().numpy(),
-        "bg_mean": bg_mean.double().numpy(),
-        "bg_max": bg_max.double().numpy(),
+        "bg_mean": crops.mean(dim=(1, 2, 3)).double().numpy(),
+        "bg_max": crops.amax(dim=(1, 2, 3)).double().numpy(),
     }, index=rows.index)
     return pd.concat([rows, stats], axis=1)
 
@@ -230,7 +270,7 @@ def empty_shard(p: int, size: int, n_leds: int) -> dict[str, torch.Tensor]:
 
 
 def render_shard(rows: pd.DataFrame, subjects: SubjectCache, padded_maps: dict[str, torch.Tensor],
-                 tables: dict[str, torch.Tensor], config: RenderConfig, failed: dict[str, str]) -> tuple[dict, pd.DataFrame]:
+                 tables: RollTables, config: RenderConfig, failed: dict[str, str]) -> tuple[dict, pd.DataFrame]:
     """Render one shard's rows; pairs of subjects that fail to load are dropped and recorded in `failed`."""
     groups = []
     for subject_id, group in rows.groupby("subject_id", sort=False):
@@ -256,6 +296,36 @@ def render_shard(rows: pd.DataFrame, subjects: SubjectCache, padded_maps: dict[s
 
 # --- the whole job -----------------------------------------------------------------------------------------------
 
+class BackgroundWriter:
+    """Writes each shard on a thread while the next one renders (file writes release the GIL).
+
+    At most one write is in flight, so at most two shards are in memory; leaving the block waits for the last
+    write and re-raises any write error.
+    """
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: Future | None = None
+
+    def submit(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(save_tensors, path, tensors, metadata)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def manifest_frame(rows: pd.DataFrame) -> pd.DataFrame:
     out = rows.reindex(columns=list(PAIR_COLUMNS)).reset_index(drop=True)
     return out.astype({"index": "int64", **{c: "float64" for c, t in PAIR_COLUMNS.items() if t == "float"}})
@@ -278,20 +348,21 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     mine = [s for n, s in enumerate(shards) if n % num_shards == shard_index]
     used = sorted(set(plan.loc[plan.shard.isin(mine), "env_a"]) | set(plan.loc[plan.shard.isin(mine), "env_b"]))
     padded_maps = {m: pad_longitude(torch.from_numpy(envmaps_np[m]).permute(2, 0, 1)) for m in used}
-    tables = {m: roll_weight_table(envmaps_np[m], rig, config.weights_height)
-              for m in tqdm(used, desc="LED weights", unit="map", disable=not progress)}
+    tables = RollTables.build({m: envmaps_np[m] for m in used}, rig, config.weights_height, progress)
     subjects = SubjectCache(subjects_dir, rig, config.size)
     failed: dict[str, str] = {}
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in tqdm(mine, desc=f"render-pairs {shard_index + 1}/{num_shards}", unit="shard", disable=not progress):
-        tensors, rows = render_shard(plan[plan.shard == name], subjects, padded_maps, tables, config, failed)
-        if rows.empty:
-            (out_dir / name).unlink(missing_ok=True)
-            continue
-        rows = manifest_frame(rows)
-        save_tensors(out_dir / name, tensors, metadata={"pair_ids": ",".join(rows.pair_id), "rig": rig.fingerprint})
-        written.append(rows)
+    with BackgroundWriter() as writer:
+        for name in tqdm(mine, desc=f"render-pairs {shard_index + 1}/{num_shards}", unit="shard",
+                         disable=not progress):
+            tensors, rows = render_shard(plan[plan.shard == name], subjects, padded_maps, tables, config, failed)
+            if rows.empty:
+                (out_dir / name).unlink(missing_ok=True)
+                continue
+            rows = manifest_frame(rows)
+            writer.submit(out_dir / name, tensors, {"pair_ids": ",".join(rows.pair_id), "rig": rig.fingerprint})
+            written.append(rows)
     manifest = manifest_frame(pd.concat(written)) if written else manifest_frame(plan.iloc[:0])
     report = {"shard_index": shard_index, "num_shards": num_shards, "n_pairs": len(manifest),
               "n_planned": int(plan.shard.isin(mine).sum()),

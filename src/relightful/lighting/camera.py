@@ -59,32 +59,38 @@ def pad_longitude(env_chw: torch.Tensor) -> torch.Tensor:
     return torch.cat([env_chw[..., w - pad:], env_chw, env_chw[..., :pad]], dim=-1)
 
 
-def crop_grid(fov_deg: float, yaw_deg: float, pitch_deg: float, size: tuple[int, int], map_height: int) -> torch.Tensor:
-    """(h, w, 2) float32 `grid_sample` coordinates of a pinhole view into a `pad_longitude`-padded map.
+def crop_grid(fov_deg, yaw_deg, pitch_deg, size: tuple[int, int], map_height: int) -> torch.Tensor:
+    """`grid_sample` coordinates of pinhole views into a `pad_longitude`-padded map: (h, w, 2) float32 for one
+    pose, (B, h, w, 2) when the angles are sequences of B poses (computed together, no per-pose Python work).
 
     Exact pinhole geometry: in the camera's yaw-free frame a pixel (x, y) on the image plane has direction
     (x, sin p + y cos p, −cos p + y sin p), so its longitude is yaw + atan2(x, cos p − y sin p) and its polar angle
     atan2(√(x² + (cos p − y sin p)²), sin p + y cos p). grid_sample's bilinear lookup with border padding equals
     `sample_envmap` (longitude wraps through the padding, latitude clamps).
     """
-    if not 0.0 < fov_deg < 180.0:
+    single = np.ndim(fov_deg) == 0
+    fov, yaw, pitch = (torch.tensor(np.atleast_1d(np.asarray(a, dtype=np.float64))) for a in (fov_deg, yaw_deg, pitch_deg))
+    if not bool(((fov > 0.0) & (fov < 180.0)).all()):
         raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
     h, w = size
     width = 2 * map_height
-    half = math.tan(math.radians(fov_deg) / 2.0)
-    x = (2.0 * (torch.arange(w, dtype=torch.float32) + 0.5) / w - 1.0) * half
-    y = -(2.0 * (torch.arange(h, dtype=torch.float32) + 0.5) / h - 1.0) * half * (h / w)
-    sp, cp = math.sin(math.radians(pitch_deg)), math.cos(math.radians(pitch_deg))
-    depth = (cp - y * sp)[:, None]  # (h, 1): −z of the yaw-free direction
-    up = (sp + y * cp)[:, None]
-    phi = torch.atan2(x[None, :], depth)
-    theta = torch.atan2(torch.sqrt(x[None, :] ** 2 + depth**2), up)
-    centre = ((math.radians(yaw_deg) + math.pi) % (2 * math.pi)) * width / (2 * math.pi)
-    col = centre + phi * (width / (2 * math.pi)) - 0.5 + (width // 2 + 2)
+    half = torch.tan(torch.deg2rad(fov) / 2.0).float()[:, None, None]  # (B, 1, 1)
+    u = (2.0 * (torch.arange(w, dtype=torch.float32) + 0.5) / w - 1.0)[None, None, :]
+    v = -(2.0 * (torch.arange(h, dtype=torch.float32) + 0.5) / h - 1.0)[None, :, None] * (h / w)
+    x, y = u * half, v * half  # (B, 1, w), (B, h, 1)
+    sp = torch.sin(torch.deg2rad(pitch)).float()[:, None, None]
+    cp = torch.cos(torch.deg2rad(pitch)).float()[:, None, None]
+    depth = cp - y * sp  # (B, h, 1): −z of the yaw-free direction
+    up = sp + y * cp
+    phi = torch.atan2(x, depth)  # (B, h, w)
+    theta = torch.atan2(torch.sqrt(x**2 + depth**2), up)
+    centre = (torch.remainder(torch.deg2rad(yaw) + math.pi, 2 * math.pi) * (width / (2 * math.pi))).float()
+    col = centre[:, None, None] + phi * (width / (2 * math.pi)) - 0.5 + (width // 2 + 2)
     padded = 2 * width + 4
     gx = (2.0 * col + 1.0) / padded - 1.0
     gy = (2.0 / math.pi) * theta - 1.0
-    return torch.stack([gx, gy], dim=-1)
+    grid = torch.stack([gx, gy], dim=-1)
+    return grid[0] if single else grid
 
 
 def perspective_crop(env, fov_deg: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0,

@@ -21,6 +21,14 @@ class OlatStack:
         self.n_leds, self.height, self.width = x.shape[0], x.shape[1], x.shape[2]
         self.planar = x.float().permute(3, 0, 1, 2).reshape(3, self.n_leds, -1).contiguous()
 
+    @classmethod
+    def from_planar(cls, planar: torch.Tensor) -> "OlatStack":
+        """A stack over an arbitrary set of pixels, given as (3, N, P) planes (height 1, width P)."""
+        stack = cls.__new__(cls)
+        stack.n_leds, stack.height, stack.width = planar.shape[1], 1, planar.shape[2]
+        stack.planar = planar.float().contiguous()
+        return stack
+
     def relight_planar(self, weights: torch.Tensor) -> torch.Tensor:
         """weights (B, N, 3) -> images (3, B, H·W) float32, channel planes first."""
         if weights.ndim != 3 or weights.shape[1:] != (self.n_leds, 3):
