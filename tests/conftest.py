@@ -77,3 +77,33 @@ def workspace(tmp_path: Path, small_rig: LedRig) -> dict[str, Path]:
     small_rig.to_json(stage / "rig.json")
     return {"root": tmp_path, "hdri": hdri, "subjects": stage / "subjects", "rig": stage / "rig.json",
             "envmaps": tmp_path / "envmaps", "pairs": tmp_path / "pairs"}
+
+
+@pytest.fixture(scope="session")
+def rendered_pairs(tmp_path_factory, small_rig) -> Path:
+    """A small rendered pair set (32×32 pairs of 6 sphere subjects under 12 maps) shared by the model tests."""
+    from relightful.data.envmaps import IngestConfig, ingest_hdr
+    from relightful.data.pairs import RenderConfig, render_pairs
+    from relightful.data.plan import PlanConfig
+
+    root = tmp_path_factory.mktemp("pairs-ws")
+    make_maps(root / "hdri", 12)
+    make_subjects(root / "subjects", small_rig, 6, size=32)
+    ingest_hdr(root / "hdri", root / "envmaps", small_rig, IngestConfig(height=16), progress=False)
+    config = RenderConfig(size=32, weights_height=8, panorama_height=8,
+                          plan=PlanConfig(pairs_per_subject=16, pairs_per_shard=16,
+                                          split_fractions={"train": 0.67, "val": 0.17, "test": 0.16}, seed=1))
+    render_pairs(root / "subjects", small_rig, root / "envmaps", root / "pairs", config, progress=False)
+    return root / "pairs"
+
+
+def micro_model_config(image_size: int = 32):
+    """A model small enough to train for a few steps in a test (same code path as the real one)."""
+    from relightful.models import CodecConfig, EncoderConfig, ModelConfig, PanoramaConfig, UNetConfig
+
+    return ModelConfig(
+        image_size=image_size, codec=CodecConfig(factor=2),
+        unet=UNetConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                        attention_head_dim=8, norm_num_groups=8),
+        lighting=EncoderConfig(widths=(16, 32)), panorama=PanoramaConfig(widths=(16, 32), code_dim=32, grid=2, trunk=8))

@@ -1,0 +1,13 @@
+"""The lighting-aware diffusion model: latent codecs, conditioned UNet, lighting and panorama encoders."""
+
+from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec
+from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
+from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder
+from relightful.models.relight_model import ModelConfig, RelightModel, read_model_meta
+from relightful.models.unet import UNetConfig, adapter_feature_shapes, add_matte_channel, build_unet
+
+__all__ = [
+    "CodecConfig", "EncoderConfig", "LightingEncoder", "ModelConfig", "PanoramaConfig", "PanoramaEncoder",
+    "PixelUnshuffleCodec", "RelightModel", "UNetConfig", "VaeCodec", "adapter_feature_shapes", "add_matte_channel",
+    "build_codec", "build_unet", "read_model_meta",
+]

@@ -1,0 +1,182 @@
+"""The whole lighting-aware diffusion model: codec, conditioned UNet, `F_bg`, `F_env`, null instruction.
+
+A model folder (what training writes and `--model` accepts):
+
+    relightful.json               {"format": "relightful-model", "version": 1, "config": ModelConfig, ...}
+    unet/                         diffusers layout (config.json + diffusion_pytorch_model.safetensors)
+    encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding"
+    vae/                          the AutoencoderKL, when the codec is one (so the folder is self-contained)
+
+Everything is safetensors and JSON; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from relightful.config import from_dict
+from relightful.io import InputError, atomic_write_text, load_tensors, save_tensors
+from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec
+from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
+from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
+from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_unet, check_features,
+                                    load_instruct_pix2pix_unet)
+
+FORMAT = "relightful-model"
+CONFIG_FILE = "relightful.json"
+ENCODERS_FILE = "encoders.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 64                     # the resolution the model is trained and sampled at
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    lighting: EncoderConfig = field(default_factory=EncoderConfig)
+    panorama: PanoramaConfig = field(default_factory=PanoramaConfig)
+
+
+class RelightModel(nn.Module):
+    def __init__(self, config: ModelConfig, unet=None, null_embedding: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.codec = build_codec(config.codec)
+        if config.image_size % self.codec.factor:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of the codec factor {self.codec.factor}")
+        latent = config.image_size // self.codec.factor
+        self.latent_size = latent
+        if unet is None:
+            unet = (load_instruct_pix2pix_unet(config.unet.init_from) if config.unet.init_from
+                    else build_unet(config.unet, self.codec.channels, latent))
+        expected_in = 2 * self.codec.channels + 1
+        if unet.config.in_channels != expected_in:
+            raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec needs {expected_in}")
+        self.unet = unet
+        self.feature_shapes = adapter_feature_shapes(unet, (latent, latent))
+        self.lighting = LightingEncoder(config.lighting, config.image_size, self.feature_shapes)
+        self.panorama = PanoramaEncoder(config.panorama, self.feature_shapes)
+        if null_embedding is None:
+            null_embedding = torch.randn(1, config.unet.null_tokens, unet.config.cross_attention_dim) * 0.02
+        self.null_embedding = nn.Parameter(null_embedding.float())
+
+    # --- conditioning -------------------------------------------------------------------------------------------
+    def background_features(self, background: torch.Tensor) -> list[torch.Tensor]:
+        """F_bg of backgrounds (B, 3, S, S) in [−1, 1] at the model's size."""
+        features = self.lighting(background)
+        check_features(features, self.feature_shapes, background.shape[0], "F_bg")
+        return features
+
+    def panorama_features(self, panorama: torch.Tensor) -> list[torch.Tensor]:
+        """F_env of HDR maps (B, 3, h, 2h), linear radiance."""
+        features = self.panorama(log_encode(panorama))
+        check_features(features, self.feature_shapes, panorama.shape[0], "F_env")
+        return features
+
+    def matte_latent(self, matte: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) matte -> (B, 1, s, s) at latent resolution (area average)."""
+        return F.interpolate(matte, size=(self.latent_size, self.latent_size), mode="area")
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
+                features: list[torch.Tensor] | None) -> torch.Tensor:
+        """ε prediction. `features=None` is the null lighting (no residuals); a zero composite the null image."""
+        x = torch.cat([noisy, composite, matte], dim=1)
+        context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
+        extra = {}
+        if features is not None:
+            check_features(features, self.feature_shapes, x.shape[0])
+            extra["down_intrablock_additional_residuals"] = [f.to(x.dtype) for f in features]  # a fresh list
+        return self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
+
+    # --- folders ------------------------------------------------------------------------------------------------
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        state = {f"lighting.{k}": v for k, v in self.lighting.state_dict().items()}
+        state.update({f"panorama.{k}": v for k, v in self.panorama.state_dict().items()})
+        state["null_embedding"] = self.null_embedding.detach()
+        return state
+
+    def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> None:
+        """Write the model folder; a complete folder appears at once (written aside, then renamed)."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        unet = self.unet
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        save_tensors(tmp / ENCODERS_FILE, {k: v.float().contiguous() for k, v in self.encoder_state().items()})
+        config = dataclasses.asdict(self.config)
+        config["unet"]["init_from"] = None  # the weights are here now
+        if isinstance(self.codec, VaeCodec):
+            self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            config["codec"]["vae_path"] = "vae"
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps({"format": FORMAT, "version": 1, "config": config,
+                                                         **(extra or {})}, indent=2, sort_keys=True))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "RelightModel":
+        """Load a model folder; a missing, corrupt or mismatched file raises `InputError` naming it."""
+        from diffusers import UNet2DConditionModel
+
+        folder = Path(folder)
+        meta = read_model_meta(folder)
+        values = meta["config"]
+        if values.get("codec", {}).get("kind") == "vae":
+            values["codec"]["vae_path"] = str(folder / values["codec"].get("vae_path", "vae"))
+        try:
+            config = from_dict(ModelConfig, values)
+        except (TypeError, ValueError) as err:
+            raise InputError(folder / CONFIG_FILE, f"invalid model config ({err})") from None
+        unet_dir = folder / "unet"
+        try:
+            unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+            raise InputError(unet_dir, f"cannot load the UNet ({str(err).splitlines()[0]})") from None
+        state = load_tensors(folder / ENCODERS_FILE)
+        if "null_embedding" not in state:
+            raise InputError(folder / ENCODERS_FILE, "no null_embedding tensor: not a relightful encoders file")
+        try:
+            model = cls(config, unet=unet, null_embedding=state.pop("null_embedding"))
+        except ValueError as err:
+            raise InputError(folder, str(err)) from None
+        for prefix, module in (("lighting.", model.lighting), ("panorama.", model.panorama)):
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                module.load_state_dict(part, strict=True)
+            except RuntimeError as err:
+                raise InputError(folder / ENCODERS_FILE, f"weights do not fit the architecture in {CONFIG_FILE} "
+                                 f"({str(err).splitlines()[0]} ...)") from None
+        return model
+
+
+def read_model_meta(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise InputError(folder, "model folder not found")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "not a relightful model folder (file missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"unreadable model config ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        raise InputError(path, f"not a relightful model config (format must be {FORMAT!r})")
+    return meta
+
+
+__all__ = ["ModelConfig", "RelightModel", "PixelUnshuffleCodec", "read_model_meta"]

@@ -1,0 +1,43 @@
+"""Typed training configs. params.yaml holds `<profile>.model` (the architecture), `<profile>.train` (shared by
+the three stages) and `<profile>.stageN` (what differs per stage: steps, learning rate, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 20
+    schedule: str = "cosine"        # "cosine" (to min_lr_ratio · lr) or "constant", after the linear warm-up
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    zero_stage: int = 0             # 0-3 (ZeRO-3 needs gathered weights to export; use 0-2 here)
+    precision: str = "fp32"         # "fp32" | "bf16"
+    micro_batch: int = 8            # per process
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200                # optimizer steps of this stage
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    cond_dropout: float = 0.05      # P(drop image) = P(drop lighting) = P(drop both) (InstructPix2Pix's recipe)
+    align_weight: float = 1.0       # stage 2: weight of the F_bg -> F_env alignment loss
+    num_train_timesteps: int = 1000
+    shuffle_window: int = 4         # shards whose pairs are shuffled together (a streaming shuffle buffer)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    validate_every: int = 100       # sample grids of validation pairs (0: only at the end)
+    validation_pairs: int = 4
+    validation_steps: int = 10      # sampler steps for the validation images

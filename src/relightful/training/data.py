@@ -1,0 +1,158 @@
+"""Streaming training pairs from shards, with the fixed images' latents encoded once and cached.
+
+The shards of `render-pairs` (and of `augment`) hold linear images. Before training, each shard is turned once
+into a cache file of what the model consumes, in model space (DESIGN 3.4: sRGB-encoded, mapped to [−1, 1]):
+
+    composite, target   (P, C, s, s) latents of m·x_a + (1−m)·y_b and m·x_b + (1−m)·y_b
+    matte               (P, 1, s, s) at latent resolution
+    background          (P, 3, S, S) y_b, the input of F_bg
+    panorama            (P, 3, h, 2h) z_b, linear, rotated and scaled like y_b (light-stage pairs only)
+
+`PairStream.batch(step)` is a pure function of (seed, step, rank): the data order needs no state to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from relightful.io import InputError, load_tensors, save_tensors, srgb_encode
+from relightful.lighting import rotate_envmap
+
+MANIFEST = "manifest.parquet"
+ENVMAPS = "envmaps.safetensors"
+CACHE_VERSION = "1"
+
+
+def model_space(linear: torch.Tensor) -> torch.Tensor:
+    """Linear images -> sRGB-encoded, in [−1, 1]."""
+    return srgb_encode(linear.float()) * 2.0 - 1.0
+
+
+def read_manifest(pairs_dir: Path) -> pd.DataFrame:
+    path = pairs_dir / MANIFEST
+    if not path.is_file():
+        raise InputError(path, "pair manifest not found (render or augment the pairs first)")
+    manifest = pd.read_parquet(path)
+    missing = {"pair_id", "shard", "index", "split"} - set(manifest.columns)
+    if missing:
+        raise InputError(path, f"missing columns {sorted(missing)}")
+    return manifest
+
+
+def cache_key(shard_path: Path, codec_identity: str, image_size: int) -> str:
+    stat = shard_path.stat()
+    raw = f"{CACHE_VERSION}|{shard_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{codec_identity}|{image_size}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, panoramas: dict | None,
+                 batch: int = 16) -> dict[str, torch.Tensor]:
+    """The cache tensors of one shard (see the module docstring)."""
+    size = model.config.image_size
+    out: dict[str, list[torch.Tensor]] = {"composite": [], "target": [], "matte": [], "background": []}
+    for i in range(0, len(rows), batch):
+        idx = torch.tensor(rows["index"].to_numpy()[i:i + batch], dtype=torch.long)
+        x_a, x_b, y_b, m = (shard[k][idx].float() for k in ("x_a", "x_b", "y_b", "matte"))
+        if x_a.shape[-1] != size:
+            x_a, x_b, y_b, m = (F.interpolate(t, size=(size, size), mode="area" if t.shape[-1] > size else "bilinear")
+                                for t in (x_a, x_b, y_b, m))
+        out["composite"].append(model.codec.encode(model_space(m * x_a + (1 - m) * y_b)))
+        out["target"].append(model.codec.encode(model_space(m * x_b + (1 - m) * y_b)))
+        out["matte"].append(model.matte_latent(m))
+        out["background"].append(model_space(y_b).half())
+    cache = {k: torch.cat(v) for k, v in out.items()}
+    if panoramas is not None:
+        pano = []
+        for r in rows.itertuples():
+            env = rotate_envmap(panoramas[r.env_b].float(), float(r.rotation_b_deg))
+            pano.append(env.permute(2, 0, 1) * float(r.scale) * 2.0 ** float(r.exposure_b_stops))
+        cache["panorama"] = torch.stack(pano).half()
+    return cache
+
+
+def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: bool = True) -> dict[str, Path]:
+    """Encode every shard once (skipping those already cached); returns shard name -> cache file."""
+    pairs_dir, cache_root = Path(pairs_dir), Path(cache_root)
+    manifest = read_manifest(pairs_dir)
+    panoramas = load_tensors(pairs_dir / ENVMAPS) if (pairs_dir / ENVMAPS).is_file() else None
+    files = {}
+    for name, rows in tqdm(list(manifest.groupby("shard", sort=True)), desc="latent cache", unit="shard",
+                           disable=not progress):
+        shard_path = pairs_dir / name
+        if not shard_path.is_file():
+            raise InputError(shard_path, "shard listed in the manifest is missing")
+        target = cache_root / f"{Path(name).stem}-{cache_key(shard_path, model.codec.identity, model.config.image_size)}.safetensors"
+        if not target.is_file():
+            rows = rows.sort_values("index")
+            cache = encode_shard(load_tensors(shard_path), rows, model, panoramas)
+            save_tensors(target, cache, metadata={"pair_ids": ",".join(rows.pair_id)})
+        files[name] = target
+    return files
+
+
+class PairStream:
+    """Deterministic, resumable batches of cached pairs of one split.
+
+    Each epoch permutes the shards, then the pairs within windows of `window` shards (a streaming shuffle: at
+    most `window` shards are in memory). Optimizer step `step`, micro-step `micro` of rank `rank` reads samples
+    [n, n + micro_batch) of the endless epoch-after-epoch sequence, n = ((step·accum + micro)·world + rank)·micro_batch.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, cache_files: dict[str, Path], split: str, micro_batch: int,
+                 grad_accum: int = 1, world: int = 1, rank: int = 0, seed: int = 0, window: int = 4):
+        rows = manifest[manifest.split == split].sort_values(["shard", "index"])
+        if rows.empty:
+            raise ValueError(f"no pairs in split {split!r}")
+        self.shards = sorted(rows.shard.unique())
+        self.rows_by_shard = {s: (rows["index"][rows.shard == s].to_numpy(), rows.pair_id[rows.shard == s].to_numpy())
+                              for s in self.shards}
+        self.files = cache_files
+        self.n = len(rows)
+        self.micro_batch, self.grad_accum, self.world, self.rank = micro_batch, grad_accum, world, rank
+        self.seed, self.window = seed, window
+        self._epochs: OrderedDict[int, list[tuple[str, int]]] = OrderedDict()
+        self._loaded: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def epoch_order(self, epoch: int) -> list[tuple[str, int]]:
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            shards = [self.shards[i] for i in rng.permutation(len(self.shards))]
+            order = []
+            for w in range(0, len(shards), self.window):
+                items = [(s, int(i)) for s in shards[w:w + self.window] for i in self.rows_by_shard[s][0]]
+                order += [items[j] for j in rng.permutation(len(items))]
+            self._epochs[epoch] = order
+            while len(self._epochs) > 2:
+                self._epochs.popitem(last=False)
+        return self._epochs[epoch]
+
+    def _shard(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._loaded:
+            self._loaded[name] = load_tensors(self.files[name])
+            while len(self._loaded) > self.window + 1:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(name)
+        return self._loaded[name]
+
+    def samples(self, start: int, count: int) -> dict[str, torch.Tensor]:
+        items = [self.epoch_order((start + k) // self.n)[(start + k) % self.n] for k in range(count)]
+        keys = [k for k in self._shard(items[0][0]) if k != "__metadata__"]
+        return {k: torch.stack([self._shard(s)[k][i] for s, i in items]).float() for k in keys}
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        n = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
+        return self.samples(n, self.micro_batch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n / (self.micro_batch * self.grad_accum * self.world))

@@ -1,0 +1,202 @@
+"""The resumable training loop shared by the three stages.
+
+Everything random in a step (noise, timesteps, condition dropout) is drawn from a generator seeded by
+(seed, step, micro-step, rank), and `PairStream` orders the data by (seed, step): so a run restarted from its
+last checkpoint repeats exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from relightful.io import atomic_write_text
+from relightful.models import ModelConfig, RelightModel
+from relightful.training import checkpoint as ckpt
+from relightful.training.config import TrainConfig
+from relightful.training.data import PairStream, build_cache, read_manifest
+from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
+                                        load_optimizer_state)
+from relightful.training.objectives import StageObjective, set_trainable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    model_dir: Path | None          # None when the run stopped early (stop_after) or on ranks > 0
+    steps: int
+    history: list[dict] = field(default_factory=list)   # one row per logged step
+    samples_per_s: float = 0.0
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
+
+
+def draw_step(batch: dict[str, torch.Tensor], gen: torch.Generator, timesteps: int, dropout: float):
+    """Noise, timesteps and the InstructPix2Pix condition dropout: lighting dropped with p = 2·dropout, the image
+    with p = 2·dropout, both together with p = dropout."""
+    target = batch["target"]
+    b = target.shape[0]
+    noise = torch.randn(target.shape, generator=gen)
+    t = torch.randint(0, timesteps, (b,), generator=gen)
+    u = torch.rand(b, generator=gen)
+    keep_light = (u >= 2 * dropout).float()
+    keep_image = ((u < dropout) | (u >= 3 * dropout)).float()
+    return noise, t, keep_image, keep_light
+
+
+def build_model(stage: int, model_config: ModelConfig | None, init_from: Path | None) -> RelightModel:
+    if stage == 1:
+        if init_from is not None:
+            return RelightModel.from_pretrained(init_from)
+        return RelightModel(model_config or ModelConfig())
+    if init_from is None:
+        raise ValueError(f"stage {stage} starts from the previous stage's model folder: give init_from")
+    return RelightModel.from_pretrained(init_from)
+
+
+def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir: str | Path, config: TrainConfig,
+                model_config: ModelConfig | None = None, init_from: str | Path | None = None,
+                cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
+                on_log: Callable[[dict], None] | None = None,
+                on_validate: Callable[[int, RelightModel], None] | None = None) -> StageResult:
+    """Train one stage on the `train` split of `pairs_dir`; write the model folder `out_dir` (rank 0).
+
+    Resumes from `run_dir/checkpoints/latest` when there is one. `stop_after` ends the run after that step's
+    checkpoint, as a kill would (for tests of resumption).
+    """
+    pairs_dir, out_dir, run_dir = Path(pairs_dir), Path(out_dir), Path(run_dir)
+    cache_dir = Path(cache_dir) if cache_dir else pairs_dir.parent / "cache" / "latents"
+    rank, world = init_distributed()
+    torch.manual_seed(config.seed)
+    model = build_model(stage, model_config, Path(init_from) if init_from else None)
+    params = set_trainable(model, stage)
+    objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps)
+
+    if rank == 0:
+        build_cache(pairs_dir, cache_dir, model, progress=progress)
+    barrier()
+    files = build_cache(pairs_dir, cache_dir, model, progress=False)  # every rank: the names (all cached now)
+    ds = config.deepspeed
+    stream = PairStream(read_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world, rank,
+                        config.seed, config.shuffle_window)
+    if stage == 2 and "panorama" not in stream.batch(0):
+        raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
+
+    engine, optimizer, scheduler = build_engine(objective, params, config, world)
+    start = 0
+    history: list[dict] = []
+    if rank == 0:
+        discard_stale_checkpoints(run_dir, run_fingerprint(stage, config, model, pairs_dir, init_from, world))
+    barrier()
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        start, weights, opt_state, extra = ckpt.load_checkpoint(latest, rank, world, optimizer.state_dict())
+        missing = [n for n, p in objective.named_parameters() if p.requires_grad and n not in weights]
+        if missing:
+            raise ValueError(f"{latest}: checkpoint lacks {len(missing)} trained tensors (e.g. {missing[0]}): "
+                             "not a checkpoint of this stage")
+        with torch.no_grad():
+            for name, p in objective.named_parameters():
+                if name in weights:
+                    p.copy_(weights[name].to(p.dtype))
+        load_optimizer_state(optimizer, opt_state, ds.zero_stage)
+        scheduler.load_state_dict(extra["scheduler"])
+        history = extra.get("history", [])
+
+    bar = tqdm(range(start, config.steps), desc=f"stage {stage}", unit="step", disable=not progress or rank != 0,
+               initial=start, total=config.steps)
+    samples, t0 = 0, time.perf_counter()
+    for step in bar:
+        logs_sum: dict[str, float] = {}
+        for micro in range(ds.grad_accum):
+            batch = stream.batch(step, micro)
+            noise, t, keep_image, keep_light = draw_step(batch, step_generator(config.seed, step, micro, rank),
+                                                         config.num_train_timesteps, config.cond_dropout)
+            loss, logs = engine(batch, noise, t, keep_image, keep_light)
+            engine.backward(loss)
+            engine.step()
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / ds.grad_accum
+            samples += noise.shape[0] * world
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            row = {"step": done, "lr": scheduler.get_last_lr()[0], **_mean_over_ranks(logs_sum),
+                   "samples_per_s": samples / (time.perf_counter() - t0)}
+            history.append(row)
+            if on_log and rank == 0:
+                on_log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
+        if on_validate and rank == 0 and config.validate_every and done % config.validate_every == 0:
+            on_validate(done, model)
+        if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
+            trained = {n: p for n, p in objective.named_parameters() if p.requires_grad}
+            ckpt.save_checkpoint(run_dir, done, trained, optimizer.state_dict(),
+                                 {"scheduler": scheduler.state_dict(), "history": history}, rank, world, barrier)
+            if rank == 0:
+                ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
+        if done == stop_after:
+            return StageResult(None, done, history)
+    elapsed = time.perf_counter() - t0
+    result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0)
+    if rank == 0:
+        fp32 = full_fp32_parameters(objective)
+        model.float()
+        with torch.no_grad():
+            for name, p in objective.named_parameters():
+                if name in fp32:
+                    p.copy_(fp32[name])
+        model.save_pretrained(out_dir, extra={"stage": stage, "steps": config.steps,
+                                              "train_config": dataclasses.asdict(config)})
+        result.model_dir = out_dir
+    barrier()
+    return result
+
+
+def run_fingerprint(stage: int, config: TrainConfig, model: RelightModel, pairs_dir: Path,
+                    init_from: str | Path | None, world: int) -> str:
+    """What a checkpoint must have been trained with to be resumed: stage, configs, data, starting weights."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"stage": stage, "world": world, "train": dataclasses.asdict(config),
+                         "model": dataclasses.asdict(model.config)}, sort_keys=True, default=str).encode())
+    h.update((pairs_dir / "manifest.parquet").read_bytes())
+    if init_from is not None:
+        for f in sorted(Path(init_from).rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(init_from)}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def discard_stale_checkpoints(run_dir: Path, fingerprint: str) -> None:
+    """Checkpoints of a run with other settings or data must not be resumed: remove them."""
+    path = run_dir / "fingerprint.txt"
+    if path.is_file() and path.read_text().strip() != fingerprint:
+        log.warning("%s: settings or data changed since its checkpoints were written; starting afresh", run_dir)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, fingerprint)
+
+
+def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return logs
+    keys = sorted(logs)
+    t = torch.tensor([logs[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / torch.distributed.get_world_size() for k, v in zip(keys, t)}
+
+
+def write_history(path: str | Path, history: list[dict]) -> None:
+    atomic_write_text(path, json.dumps(history, indent=1))

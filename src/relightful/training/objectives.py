@@ -1,0 +1,86 @@
+"""The three stages' objectives (DESIGN 3.6), each as the module that the DeepSpeed engine wraps.
+
+1. ε-prediction loss; the UNet sees the composite and F_bg(background), each dropped at random so that both
+   classifier-free guidance scales work at inference.
+2. The same loss with F_env(panorama) as the lighting, plus an alignment loss pulling F_bg(background) towards
+   F_env(panorama) at every scale (F_env's side held fixed): the background alone learns physically grounded
+   lighting features.
+3. The stage-1 loss on natural pairs; only the UNet trains, F_bg is frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from relightful.models import RelightModel
+
+
+def noise_scheduler(num_train_timesteps: int = 1000):
+    """Stable Diffusion's training schedule (the one InstructPix2Pix was trained with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, prediction_type="epsilon")
+
+
+def trainable_parts(model: RelightModel, stage: int) -> list[nn.Module | nn.Parameter]:
+    if stage == 1:
+        return [model.unet, model.lighting] + ([model.null_embedding] if model.config.unet.init_from is None else [])
+    if stage == 2:
+        return [model.unet, model.panorama, model.lighting]
+    if stage == 3:
+        return [model.unet]
+    raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+
+
+def set_trainable(model: RelightModel, stage: int) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze what `stage` trains; returns those parameters (the optimizer's)."""
+    model.requires_grad_(False)
+    params = []
+    for part in trainable_parts(model, stage):
+        if isinstance(part, nn.Parameter):
+            part.requires_grad_(True)
+            params.append(part)
+        else:
+            part.requires_grad_(True)
+            params += list(part.parameters())
+    return params
+
+
+class StageObjective(nn.Module):
+    """forward(batch, noise, timesteps, keep_image, keep_light) -> (loss, {name: detached value})."""
+
+    def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000):
+        super().__init__()
+        if stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+        self.model, self.stage, self.align_weight = model, stage, align_weight
+        self.scheduler = noise_scheduler(num_train_timesteps)
+        self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+
+    def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
+                keep_image: torch.Tensor, keep_light: torch.Tensor):
+        dtype = next(self.model.unet.parameters()).dtype
+        target = batch["target"].to(dtype)
+        a = self.alphas_cumprod.to(torch.float32)[timesteps].view(-1, 1, 1, 1)
+        noisy = (a.sqrt() * target.float() + (1 - a).sqrt() * noise.float()).to(dtype)
+        composite = batch["composite"].to(dtype) * keep_image.view(-1, 1, 1, 1).to(dtype)
+        logs = {}
+        if self.stage == 2:
+            lighting = self.model.panorama_features(batch["panorama"].to(dtype))
+        else:
+            lighting = self.model.background_features(batch["background"].to(dtype))
+        light = keep_light.view(-1, 1, 1, 1).to(dtype)
+        features = [f * light for f in lighting]
+        eps = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
+        loss = F.mse_loss(eps.float(), noise.float())
+        logs["diffusion_loss"] = loss.detach()
+        if self.stage == 2:
+            from_bg = self.model.background_features(batch["background"].to(dtype))
+            align = torch.stack([F.mse_loss(b.float(), e.detach().float()) for b, e in zip(from_bg, lighting)]).mean()
+            logs["align_loss"] = align.detach()
+            loss = loss + self.align_weight * align
+        logs["loss"] = loss.detach()
+        return loss, logs
