@@ -38,6 +38,7 @@ class StageResult:
     steps: int
     history: list[dict] = field(default_factory=list)   # one row per logged step
     samples_per_s: float = 0.0
+    model: RelightModel | None = None   # the trained model in memory (every rank)
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -119,8 +120,9 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     bar = tqdm(range(start, config.steps), desc=f"stage {stage}", unit="step", disable=not progress or rank != 0,
                initial=start, total=config.steps)
     samples, t0 = 0, time.perf_counter()
+    logs_sum: dict[str, float] = {}  # summed over the steps since the last log row
+    logged_steps = 0
     for step in bar:
-        logs_sum: dict[str, float] = {}
         for micro in range(ds.grad_accum):
             batch = stream.batch(step, micro)
             noise, t, keep_image, keep_light = draw_step(batch, step_generator(config.seed, step, micro, rank),
@@ -132,9 +134,12 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / ds.grad_accum
             samples += noise.shape[0] * world
         done = step + 1
+        logged_steps += 1
         if done % config.log_every == 0 or done == config.steps:
-            row = {"step": done, "lr": scheduler.get_last_lr()[0], **_mean_over_ranks(logs_sum),
+            mean = {k: v / logged_steps for k, v in logs_sum.items()}
+            row = {"step": done, "lr": scheduler.get_last_lr()[0], **_mean_over_ranks(mean),
                    "samples_per_s": samples / (time.perf_counter() - t0)}
+            logs_sum, logged_steps = {}, 0
             history.append(row)
             if on_log and rank == 0:
                 on_log(row)
@@ -148,9 +153,9 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             if rank == 0:
                 ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
         if done == stop_after:
-            return StageResult(None, done, history)
+            return StageResult(None, done, history, model=model)
     elapsed = time.perf_counter() - t0
-    result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0)
+    result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0, model)
     if rank == 0:
         fp32 = full_fp32_parameters(objective)
         model.float()

@@ -1,0 +1,138 @@
+"""Training: each stage learns what it should, DeepSpeed ranks agree, a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from relightful.io import InputError, load_tensors
+from relightful.models import RelightModel
+from relightful.training import TrainConfig
+from relightful.training.config import DeepSpeedConfig, OptimConfig
+from relightful.training.data import PairStream, build_cache, read_manifest
+from relightful.training.loop import train_stage
+
+from conftest import micro_model_config
+
+FAST = TrainConfig(steps=40, log_every=5, checkpoint_every=100, optim=OptimConfig(lr=2e-3, warmup_steps=5),
+                   deepspeed=DeepSpeedConfig(micro_batch=8))
+
+
+@pytest.fixture(scope="module")
+def stage1(rendered_pairs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage1")
+    result = train_stage(1, rendered_pairs, root / "model", root / "run", FAST, micro_model_config(),
+                         cache_dir=root / "cache", progress=False)
+    return result, root
+
+
+def _mean(history, key, rows):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def test_stage1_lowers_the_training_loss(stage1):
+    result, root = stage1
+    h = result.history
+    first, last = _mean(h, "loss", h[:2]), _mean(h, "loss", h[-2:])
+    assert last < 0.85 * first, (first, last)
+    assert (root / "model" / "relightful.json").is_file()
+    model = RelightModel.from_pretrained(root / "model")
+    # F_bg learned something: its output projections left zero
+    assert any(float(m.weight.detach().abs().max()) > 0 for m in model.lighting.out)
+
+
+def test_stage2_lowers_the_alignment_loss(stage1, rendered_pairs, tmp_path):
+    _, root = stage1
+    config = TrainConfig(steps=30, log_every=5, checkpoint_every=100, align_weight=10.0,
+                         optim=OptimConfig(lr=2e-3, warmup_steps=3), deepspeed=DeepSpeedConfig(micro_batch=8))
+    result = train_stage(2, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
+                         cache_dir=root / "cache", progress=False)
+    h = result.history
+    assert "align_loss" in h[0]
+    assert _mean(h, "align_loss", h[-2:]) < 0.5 * _mean(h, "align_loss", h[:2]), [r["align_loss"] for r in h]
+
+
+def test_stage3_leaves_f_bg_bit_identical(stage1, rendered_pairs, tmp_path):
+    _, root = stage1
+    before = RelightModel.from_pretrained(root / "model")
+    config = TrainConfig(steps=4, log_every=2, checkpoint_every=100, optim=OptimConfig(lr=5e-3, warmup_steps=1),
+                         deepspeed=DeepSpeedConfig(micro_batch=4))
+    train_stage(3, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
+                cache_dir=root / "cache", progress=False)
+    after = RelightModel.from_pretrained(tmp_path / "model")
+    for (name, a), (_, b) in zip(before.lighting.state_dict().items(), after.lighting.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not all(torch.equal(a, b) for a, b in zip(before.unet.state_dict().values(), after.unet.state_dict().values()))
+
+
+def test_killed_run_resumes_to_the_same_weights(rendered_pairs, tmp_path):
+    config = TrainConfig(steps=6, log_every=1, checkpoint_every=2, optim=OptimConfig(lr=2e-3, warmup_steps=2),
+                         deepspeed=DeepSpeedConfig(micro_batch=4, grad_accum=2))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "whole", tmp_path / "run-whole", config, **kw)
+    stopped = train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, stop_after=3, **kw)
+    assert stopped.model_dir is None and not (tmp_path / "resumed").exists()
+    resumed = train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, **kw)
+    a = RelightModel.from_pretrained(tmp_path / "whole").state_dict()
+    b = RelightModel.from_pretrained(tmp_path / "resumed").state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["loss"] for r in whole.history] == [r["loss"] for r in resumed.history]
+    # a checkpoint whose files are corrupt is refused with the file named
+    latest = tmp_path / "run-resumed" / "checkpoints" / (tmp_path / "run-resumed" / "checkpoints" / "latest").read_text()
+    (latest / "trainable.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="trainable.safetensors: not a valid safetensors file"):
+        train_stage(1, rendered_pairs, tmp_path / "again", tmp_path / "run-resumed", config, **kw)
+
+
+def test_changed_settings_do_not_resume_stale_checkpoints(rendered_pairs, tmp_path):
+    config = TrainConfig(steps=2, log_every=1, checkpoint_every=1, deepspeed=DeepSpeedConfig(micro_batch=2))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    train_stage(1, rendered_pairs, tmp_path / "m", tmp_path / "run", config, **kw)
+    other = TrainConfig(steps=3, log_every=1, checkpoint_every=1, seed=5, deepspeed=DeepSpeedConfig(micro_batch=2))
+    result = train_stage(1, rendered_pairs, tmp_path / "m", tmp_path / "run", other, **kw)
+    assert [r["step"] for r in result.history] == [1, 2, 3]  # started afresh
+
+
+def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_path):
+    model = RelightModel(micro_model_config())
+    files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    again = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    assert files == again  # cached once
+    manifest = read_manifest(rendered_pairs)
+    n_train = int((manifest.split == "train").sum())
+    streams = [PairStream(manifest, files, "train", micro_batch=4, world=2, rank=r, seed=7) for r in (0, 1)]
+    seen = torch.cat([s.batch(step)["target"].flatten(1) for step in range(n_train // 8) for s in streams])
+    assert len(torch.unique(seen, dim=0)) == len(seen)  # one epoch: every sample once, ranks disjoint
+    fresh = PairStream(manifest, files, "train", micro_batch=4, world=2, rank=1, seed=7)
+    assert torch.equal(fresh.batch(3)["composite"], streams[1].batch(3)["composite"])
+    cache = load_tensors(next(iter(files.values())))
+    assert set(cache) == {"composite", "target", "matte", "background", "panorama"}
+    assert cache["composite"].shape[1:] == (12, 16, 16) and cache["panorama"].shape[1:] == (3, 8, 16)
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_two_ranks_on_cpu_hold_identical_parameters(rendered_pairs, tmp_path, zero):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    from relightful.training.engine import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(Path(__file__).parent / "dist_train_check.py"),
+           str(rendered_pairs), str(tmp_path), str(zero)]
+    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_tensors(tmp_path / "rank0.safetensors"), load_tensors(tmp_path / "rank1.safetensors")
+    assert r0.keys() == r1.keys()
+    for name in r0:
+        assert torch.equal(r0[name], r1[name]), name
+    start = RelightModel(micro_model_config())
+    assert (tmp_path / "model" / "relightful.json").is_file()
+    losses = load_tensors(tmp_path / "loss0.safetensors")["loss"]
+    assert torch.equal(losses, load_tensors(tmp_path / "loss1.safetensors")["loss"])  # logged as the ranks' mean
+    assert torch.isfinite(losses).all() and start is not None
