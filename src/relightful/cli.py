@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from relightful.inference_cli import add_harmonize_parser
 from relightful.io.errors import InputError
 
 log = logging.getLogger("relightful")
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=None, help="write the loss history (JSON list) here")
     _add_params(p)
     p.set_defaults(func=cmd_train)
+
+    add_harmonize_parser(sub)
     return parser
 
 

@@ -121,7 +121,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                initial=start, total=config.steps)
     samples, t0 = 0, time.perf_counter()
     logs_sum: dict[str, float] = {}  # summed over the steps since the last log row
-    logged_steps = 0
+    logged_steps, interval_samples, interval_t0 = 0, 0, t0
     for step in bar:
         for micro in range(ds.grad_accum):
             batch = stream.batch(step, micro)
@@ -137,9 +137,10 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         logged_steps += 1
         if done % config.log_every == 0 or done == config.steps:
             mean = {k: v / logged_steps for k, v in logs_sum.items()}
+            now = time.perf_counter()
             row = {"step": done, "lr": scheduler.get_last_lr()[0], **_mean_over_ranks(mean),
-                   "samples_per_s": samples / (time.perf_counter() - t0)}
-            logs_sum, logged_steps = {}, 0
+                   "samples_per_s": (samples - interval_samples) / max(now - interval_t0, 1e-9)}
+            logs_sum, logged_steps, interval_samples, interval_t0 = {}, 0, samples, now
             history.append(row)
             if on_log and rank == 0:
                 on_log(row)

@@ -1,0 +1,75 @@
+"""Inference speed: seconds per image of `Harmonizer` at several input resolutions, against the same sampler running
+the three classifier-free-guidance passes one by one (the reference), measured in the same run.
+
+Prints, as its last line, one JSON object: `s_per_image_<size>` (ours, batched guidance), `..._reference`
+(unbatched) and `..._ratio` = reference / ours (higher is better) for each input size, plus the setup.
+
+    python benchmarks/inference.py --steps 20 --sizes 256 512 --image-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from relightful.models import ModelConfig, RelightModel
+from relightful.models.pipeline import Harmonizer
+
+
+def inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A square portrait-like input: noise foreground, soft disc matte, a 4:3 background of another size."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot((yy + 0.5) / size - 0.5, (xx + 0.5) / size - 0.5)
+    matte = np.clip((0.4 - r) / 0.02, 0, 1).astype(np.float32)
+    fg = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (3 * size // 2, 2 * size, 3), dtype=np.uint8)
+    return fg, matte, bg
+
+
+def seconds_per_image(harmonizer: Harmonizer, size: int, steps: int, repeats: int) -> float:
+    fg, matte, bg = inputs(size)
+    harmonizer(fg, matte, bg, steps=steps)  # warm-up (first calls run slower)
+    times = []
+    for i in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        harmonizer(fg, matte, bg, steps=steps, seed=i)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="input resolutions (square)")
+    parser.add_argument("--image-size", type=int, default=64, help="the model's resolution (ModelConfig.image_size)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the best is kept)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = RelightModel(ModelConfig(image_size=args.image_size)).to(args.device)
+    ours, reference = Harmonizer(model), Harmonizer(model, batch_guidance=False)
+    result: dict = {"steps": args.steps, "image_size": args.image_size, "device": str(args.device),
+                    "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    for size in args.sizes:
+        t_ours = seconds_per_image(ours, size, args.steps, args.repeats)
+        t_ref = seconds_per_image(reference, size, args.steps, args.repeats)
+        print(f"{size}x{size}: {t_ours:.3f} s/image (three passes unbatched: {t_ref:.3f} s, "
+              f"{t_ref / t_ours:.2f}x)", flush=True)
+        result.update({f"s_per_image_{size}": round(t_ours, 4), f"s_per_image_{size}_reference": round(t_ref, 4),
+                       f"s_per_image_{size}_ratio": round(t_ref / t_ours, 3)})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

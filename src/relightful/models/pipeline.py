@@ -1,0 +1,317 @@
+"""Inference: a foreground, its matte and any background photo -> the relit composite at the input resolution.
+
+DESIGN 3.5/3.7. The steps, and why each is the way it is:
+
+1. The background is resized to *cover* the foreground (scale until both sides are covered, centre crop), so the
+   output has the foreground's size and undistorted background pixels.
+2. The model works on squares of `config.image_size`. A non-square input is letterboxed onto a square canvas of
+   side max(H, W) instead of being squashed (the model never saw distorted faces); the canvas margin shows the
+   same cover-scaled background, extended by mirroring where the photo ends, so the model sees one coherent scene.
+   The composite is formed and downsampled (antialiased) in *linear* light, as training formed `m·x_a + (1−m)·y_b`,
+   then sRGB-encoded to [−1, 1].
+3. Sampling uses any diffusers scheduler (default DDIM on the training betas) with InstructPix2Pix-style
+   classifier-free guidance on two scales; the three ε predictions run as one batch.
+4. Back to the input resolution. When the input is larger than the model's resolution, the generated image is *not*
+   upscaled (that would blur the portrait): a smooth per-pixel gain (relit / original foreground, linear, matte-
+   weighted Gaussian averages with a small ε) is computed at the model's resolution, upsampled bilinearly and
+   multiplied into the full-resolution linear foreground, which keeps every pore and hair of the input. Inputs
+   at or below the model's resolution take the generated pixels directly.
+5. `out = m·relit + (1−m)·bg` in linear light, encoded to 8-bit sRGB; wherever the matte is 0 the output is the
+   cover-resized background byte for byte.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from relightful.io import InputError, srgb_decode, srgb_encode, to_uint8
+from relightful.models.codecs import PixelUnshuffleCodec
+from relightful.models.relight_model import RelightModel
+
+# The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
+TRAINING_NOISE: dict = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                            beta_end=0.012, prediction_type="epsilon")
+SCHEDULER_DIR = "scheduler"  # optional diffusers scheduler config inside a model folder; overrides TRAINING_NOISE
+
+
+def default_scheduler(model: RelightModel, config: dict | None = None):
+    """DDIM on the training betas. "trailing" spacing starts sampling at t = T−1 (pure noise, as the initial
+    sample is), which matters at the few steps used here (Lin et al. 2024, "Common diffusion noise schedules and
+    sample steps are flawed"). x̂₀ is clipped to [−1, 1] only when latents are pixels (pixel_unshuffle codec)."""
+    from diffusers import DDIMScheduler
+
+    values = dict(TRAINING_NOISE if config is None else config)
+    values.update(clip_sample=isinstance(model.codec, PixelUnshuffleCodec), set_alpha_to_one=False, steps_offset=0,
+                  timestep_spacing="trailing")
+    return DDIMScheduler.from_config(values)
+
+
+def combine_guidance(eps_full: torch.Tensor, eps_img: torch.Tensor, eps_uncond: torch.Tensor | None,
+                     image_guidance: float, lighting_guidance: float) -> torch.Tensor:
+    """InstructPix2Pix guidance, `ε_u + s_img(ε_img − ε_u) + s_light(ε_full − ε_img)`, written around ε_img so that
+    s_img = 1, s_light = 0 returns ε_img exactly; a pass whose weight is zero may be None."""
+    eps = eps_img
+    if image_guidance != 1.0:
+        eps = eps + (image_guidance - 1.0) * (eps_img - eps_uncond)
+    if lighting_guidance != 0.0:
+        eps = eps + lighting_guidance * (eps_full - eps_img)
+    return eps
+
+
+# --- geometry ------------------------------------------------------------------------------------------------------
+
+def _cover_scaled(bg: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """The background scaled to cover (height, width), and the top-left of the centred crop."""
+    hb, wb = bg.shape[:2]
+    s = max(height / hb, width / wb)
+    sh, sw = max(height, round(hb * s)), max(width, round(wb * s))
+    if (sh, sw) != (hb, wb):
+        bg = cv2.resize(bg, (sw, sh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    return bg, (sh - height) // 2, (sw - width) // 2
+
+
+def cover_resize(bg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize `bg` (H', W', 3) to cover `size` = (H, W) and centre-crop: the background pixels of the output."""
+    scaled, top, left = _cover_scaled(bg, *size)
+    return np.ascontiguousarray(scaled[top:top + size[0], left:left + size[1]])
+
+
+def cover_canvas(bg: np.ndarray, size: tuple[int, int], side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cover_resize(bg, size), the side×side square centred on it in the same scaled background), mirrored
+    where the square reaches past the photo. The square's centre (H, W) window equals the first result."""
+    height, width = size
+    scaled, top, left = _cover_scaled(bg, height, width)
+    sh, sw = scaled.shape[:2]
+    r0, c0 = top - (side - height) // 2, left - (side - width) // 2
+    pads = ((max(0, -r0), max(0, r0 + side - sh)), (max(0, -c0), max(0, c0 + side - sw)), (0, 0))
+    padded = np.pad(scaled, pads, mode="symmetric") if any(p for p in pads[:2] for p in p) else scaled
+    r0, c0 = r0 + pads[0][0], c0 + pads[1][0]
+    return (np.ascontiguousarray(scaled[top:top + height, left:left + width]),
+            np.ascontiguousarray(padded[r0:r0 + side, c0:c0 + side]))
+
+
+def uses_gain_field(size: tuple[int, int], image_size: int) -> bool:
+    """Whether an input of `size` = (H, W) is restored through the gain field (larger than the model's square)."""
+    return max(size) > image_size
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, C, n, n) -> (B, C, side, side), antialiased when shrinking (linear-light values in, linear out)."""
+    if x.shape[-1] == side:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return x
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def gain_field(generated: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor, sigma: float = 1.0,
+               eps: float = 2e-3, limits: tuple[float, float] = (1 / 16, 16.0)) -> torch.Tensor:
+    """Per-pixel, per-channel gain (B, 3, s, s) turning the input foreground into the relit one, all linear at the
+    model's resolution: `(G(m·gen) + ε) / (G(m·comp) + ε)` with G a Gaussian of `sigma` model pixels. Blurring both
+    with the same matte-weighted kernel makes it a local weighted mean of the ratio (a uniform relighting `gen = g·comp`
+    gives exactly g), keeps the model's pixel noise out of the full-resolution result, and ε pulls the gain towards 1
+    where the foreground is black or absent. The clamp bounds what an unreliable prediction can do."""
+    num = _gaussian_blur(matte * generated, sigma)
+    den = _gaussian_blur(matte * composite, sigma)
+    return ((num + eps) / (den + eps)).clamp(*limits)
+
+
+def _sample_window(field: torch.Tensor, side: int, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """Bilinear upsampling of a (B, C, s, s) field over a side×side canvas, evaluated only on the output window
+    (identical to interpolating to side×side then cropping, without the side² buffer)."""
+    ys = (torch.arange(height, device=field.device, dtype=field.dtype) + top + 0.5) / side * 2 - 1
+    xs = (torch.arange(width, device=field.device, dtype=field.dtype) + left + 0.5) / side * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].expand(field.shape[0], -1, -1, -1)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# --- inputs --------------------------------------------------------------------------------------------------------
+
+def _rgb8(image, name: str) -> np.ndarray:
+    """An (H, W, 3) uint8 sRGB image from uint8/uint16/float [0, 1] input (grey and RGBA accepted)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or min(a.shape[:2]) < 1:
+        raise ValueError(f"{name}: expected an (H, W, 3) image, got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.uint16:
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: non-finite pixel values")
+        return to_uint8(a.astype(np.float32))
+    raise ValueError(f"{name}: unsupported pixel type {a.dtype} (uint8, uint16 or float in [0, 1])")
+
+
+def _matte(matte, name: str = "matte") -> np.ndarray:
+    """An (H, W) float32 matte in [0, 1] from float [0, 1], uint8 or uint16 input."""
+    a = np.asarray(matte)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected an (H, W) matte, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_:
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: non-finite values")
+        return np.clip(a, 0.0, 1.0)
+    raise ValueError(f"{name}: unsupported matte type {a.dtype} (float in [0, 1], uint8 or uint16)")
+
+
+# --- the pipeline --------------------------------------------------------------------------------------------------
+
+class Harmonizer:
+    """Relight a portrait to a new background with a `RelightModel` (see the module docstring).
+
+    `batch_guidance=False` runs the guidance passes one by one (same result up to float rounding): the reference
+    the inference benchmark compares against.
+    """
+
+    def __init__(self, model: RelightModel, scheduler=None, *, batch_guidance: bool = True, gain_sigma: float = 1.0,
+                 gain_eps: float = 2e-3):
+        self.model = model.eval()
+        self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
+        self.batch_guidance = batch_guidance
+        self.gain_sigma = gain_sigma
+        self.gain_eps = gain_eps
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path, scheduler=None, device: str | torch.device | None = None,
+                        **kwargs) -> "Harmonizer":
+        """Load a model folder or an MLflow URI (`models:/name@alias`, `runs:/...`); bad input raises `InputError`.
+        A `scheduler/` config in the folder (diffusers format) replaces the default training betas."""
+        from relightful.tracking import resolve_model
+
+        folder = resolve_model(str(model))
+        net = RelightModel.from_pretrained(folder)
+        if device is not None:
+            net = net.to(device)
+        if scheduler is None and (folder / SCHEDULER_DIR / "scheduler_config.json").is_file():
+            from diffusers import DDIMScheduler
+
+            try:
+                config = DDIMScheduler.load_config(folder / SCHEDULER_DIR)
+            except (OSError, ValueError) as err:
+                raise InputError(folder / SCHEDULER_DIR, f"unreadable scheduler config ({err})") from None
+            scheduler = default_scheduler(net, {k: config[k] for k in TRAINING_NOISE if k in config})
+        return cls(net, scheduler, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(self, fg, matte, bg, steps: int = 20, seed: int = 0, image_guidance: float = 1.5,
+                 lighting_guidance: float = 3.0, progress: bool = False) -> np.ndarray:
+        """fg (H, W, 3) sRGB, matte (H, W) in [0, 1] (or uint8), bg any size -> (H, W, 3) uint8 sRGB composite."""
+        fg8, m, bg8 = _rgb8(fg, "foreground"), _matte(matte), _rgb8(bg, "background")
+        if m.shape != fg8.shape[:2]:
+            raise ValueError(f"the matte is {m.shape[1]}x{m.shape[0]} but the foreground is "
+                             f"{fg8.shape[1]}x{fg8.shape[0]}: they must have the same size")
+        if steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
+        height, width = m.shape
+        side, size = max(height, width), self.model.config.image_size
+        top, left = (side - height) // 2, (side - width) // 2
+        bg_full8, canvas8 = cover_canvas(bg8, (height, width), side)
+
+        dev = self.device
+        as_linear = lambda a: srgb_decode(torch.from_numpy(a).to(dev).permute(2, 0, 1)[None].float() / 255.0)
+        fg_lin, bg_lin, canvas_lin = as_linear(fg8), as_linear(bg_full8), as_linear(canvas8)
+        m_t = torch.from_numpy(m).to(dev)[None, None]
+        pad = (left, side - width - left, top, side - height - top)
+        m_canvas = F.pad(m_t, pad)
+        composite = m_canvas * F.pad(fg_lin, pad) + (1 - m_canvas) * canvas_lin
+
+        comp_s, m_s, bg_s = _resize(composite, size), _resize(m_canvas, size).clamp(0, 1), _resize(canvas_lin, size)
+        generated = self._generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
+
+        if uses_gain_field((height, width), size):
+            gain = gain_field(generated, comp_s, m_s, self.gain_sigma, self.gain_eps)
+            relit = fg_lin * _sample_window(gain, side, top, left, height, width)
+        else:
+            relit = _resize(generated, side)[..., top:top + height, left:left + width]
+        out = m_t * relit + (1 - m_t) * bg_lin
+        out8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
+        return np.where((m == 0)[..., None], bg_full8, out8)
+
+    def _generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
+                  seed: int, s_img: float, s_light: float, progress: bool) -> torch.Tensor:
+        """Sample the relit composite (1, 3, s, s), linear, from the linear composite, matte and background."""
+        model = self.model
+        to_model = lambda x: srgb_encode(x) * 2 - 1
+        dtype = next(model.unet.parameters()).dtype
+        comp_lat = model.codec.encode(to_model(composite).to(dtype)).float()
+        m_lat = model.matte_latent(matte)
+        features = model.background_features(to_model(background).to(dtype))
+        latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress)
+        images = model.codec.decode(latents.to(dtype)).float().clamp(-1, 1)
+        return srgb_decode((images + 1) / 2)
+
+    def sample(self, composite: torch.Tensor, matte: torch.Tensor, features: list[torch.Tensor], steps: int,
+               seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:
+        """The guided reverse process in latent space; deterministic for a seed (CPU generator, any device)."""
+        from tqdm.auto import tqdm
+
+        model, dev = self.model, composite.device
+        dtype = next(model.unet.parameters()).dtype
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)  # fresh state per call
+        scheduler.set_timesteps(steps, device=dev)
+        generator = torch.Generator().manual_seed(int(seed))
+        latents = torch.randn(composite.shape, generator=generator, dtype=torch.float32).to(dev)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+        # Which passes the two scales need: ε_img always, ε_u unless s_img = 1, ε_full unless s_light = 0.
+        kinds = ["img"] + (["uncond"] if s_img != 1.0 else []) + (["full"] if s_light != 0.0 else [])
+        conds = {"full": (composite, features), "img": (composite, None), "uncond": (torch.zeros_like(composite), None)}
+        if self.batch_guidance:
+            n = len(kinds)
+            batch_comp = torch.cat([conds[k][0] for k in kinds]).to(dtype)
+            batch_feat = None
+            if "full" in kinds:  # zero residuals are exactly "no residuals": one batch carries all three passes
+                batch_feat = [torch.cat([f if k == "full" else torch.zeros_like(f) for k in kinds]) for f in features]
+            batch_matte = matte.expand(n, -1, -1, -1).to(dtype)
+
+        for t in tqdm(scheduler.timesteps, desc="harmonize", disable=not progress, leave=False):
+            x = scheduler.scale_model_input(latents, t).to(dtype)
+            if self.batch_guidance:
+                ts = t.reshape(1).expand(n).to(dev)
+                out = model.denoise(x.expand(n, -1, -1, -1), ts, batch_comp, batch_matte, batch_feat).float()
+                eps = dict(zip(kinds, out.chunk(n)))
+            else:
+                ts = t.reshape(1).to(dev)
+                eps = {k: model.denoise(x, ts, conds[k][0].to(dtype), matte.to(dtype), conds[k][1]).float()
+                       for k in kinds}
+            guided = combine_guidance(eps.get("full"), eps["img"], eps.get("uncond"), s_img, s_light)
+            latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
+        return latents
+
+
+__all__ = ["Harmonizer", "TRAINING_NOISE", "combine_guidance", "cover_canvas", "cover_resize", "default_scheduler",
+           "gain_field", "uses_gain_field"]
