@@ -8,7 +8,7 @@ does it, on the same device, UNet, lighting encoder, codec and DeepSpeed engine,
 
 Prints, as its last line, one JSON object with both samples/s and their ratio (ours / reference).
 
-    python benchmarks/train_step.py --profile tiny          # small real AutoencoderKL, tiny UNet, CPU fp32
+    python benchmarks/train_step.py --profile tiny          # SD-shaped VAE at 1/8 width, tiny UNet, CPU fp32
     python benchmarks/train_step.py --profile gpu --precision bf16 --micro-batch 12   # SD-1.5 shapes, on a GPU
 """
 
@@ -36,10 +36,12 @@ from relightful.training.loop import draw_step, step_generator  # noqa: E402
 from relightful.training.objectives import StageObjective, set_trainable  # noqa: E402
 
 PROFILES = {
-    "tiny": dict(vae=dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                          layers_per_block=1),
-                 unet=UNetConfig(), widths=(32, 64, 64), image_size=64),
+    # SD's AutoencoderKL architecture (4 levels, 8x downsampling, 2 layers per level) at 1/8 of its width, so the
+    # tiny UNet sees 32x32x4 latents of 256x256 images: the tiny profile's latent size, SD's image:latent ratio.
+    "tiny": dict(vae=dict(block_out_channels=(16, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
+                          layers_per_block=2, sample_size=256),
+                 unet=UNetConfig(), widths=(32, 64, 64), image_size=256),
     "gpu": dict(vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=32,
                          layers_per_block=2, sample_size=512),

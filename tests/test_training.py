@@ -61,9 +61,17 @@ def test_stage3_leaves_f_bg_bit_identical(stage1, rendered_pairs, tmp_path):
     _, root = stage1
     before = RelightModel.from_pretrained(root / "model")
     config = TrainConfig(steps=4, log_every=2, checkpoint_every=100, optim=OptimConfig(lr=5e-3, warmup_steps=1),
-                         deepspeed=DeepSpeedConfig(micro_batch=4))
+                         deepspeed=DeepSpeedConfig(micro_batch=4), validate_every=2, validation_pairs=3,
+                         validation_steps=2)
     train_stage(3, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
-                cache_dir=root / "cache", progress=False)
+                cache_dir=root / "cache", progress=False, samples_dir=tmp_path / "samples")
+    # validation grids: composite | model | target for 3 validation pairs, every 2 steps
+    from relightful.io import read_ldr
+
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    grid = read_ldr(tmp_path / "samples" / "step-00000004.png")
+    assert grid.shape == (3 * 32, 3 * 32, 3)
+    assert (tmp_path / "model" / "scheduler" / "scheduler_config.json").is_file()
     after = RelightModel.from_pretrained(tmp_path / "model")
     for (name, a), (_, b) in zip(before.lighting.state_dict().items(), after.lighting.state_dict().items()):
         assert torch.equal(a, b), name

@@ -128,7 +128,7 @@ def cmd_train(args) -> None:
     out = args.out or Path(f"models/stage{args.stage}")
     run_dir = args.run_dir or Path(f"runs/stage{args.stage}")
     result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
-                         progress=not args.quiet)
+                         progress=not args.quiet, samples_dir=args.samples)
     if result.model_dir is not None:
         if args.metrics:
             write_history(args.metrics, result.history)
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints, for resuming (default runs/stageN)")
     p.add_argument("--cache", type=Path, default=None, help="latent cache folder (default: cache/latents beside --pairs)")
     p.add_argument("--metrics", type=Path, default=None, help="write the loss history (JSON list) here")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="write validation grids (composite | model | target) here every validate_every steps")
     _add_params(p)
     p.set_defaults(func=cmd_train)
 

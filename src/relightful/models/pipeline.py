@@ -37,7 +37,7 @@ from relightful.models.relight_model import RelightModel
 
 # The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
 TRAINING_NOISE: dict = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                            beta_end=0.012, prediction_type="epsilon")
+                            beta_end=0.012, prediction_type="epsilon", rescale_betas_zero_snr=False)
 SCHEDULER_DIR = "scheduler"  # optional diffusers scheduler config inside a model folder; overrides TRAINING_NOISE
 
 
@@ -296,16 +296,16 @@ class Harmonizer:
             batch_feat = None
             if "full" in kinds:  # zero residuals are exactly "no residuals": one batch carries all three passes
                 batch_feat = [torch.cat([f if k == "full" else torch.zeros_like(f) for k in kinds]) for f in features]
-            batch_matte = matte.expand(n, -1, -1, -1).to(dtype)
+            batch_matte = matte.repeat(n, 1, 1, 1).to(dtype)  # kinds are stacked along the batch: (n·B, ...)
 
         for t in tqdm(scheduler.timesteps, desc="harmonize", disable=not progress, leave=False):
             x = scheduler.scale_model_input(latents, t).to(dtype)
             if self.batch_guidance:
-                ts = t.reshape(1).expand(n).to(dev)
-                out = model.denoise(x.expand(n, -1, -1, -1), ts, batch_comp, batch_matte, batch_feat).float()
+                ts = t.reshape(1).expand(n * x.shape[0]).to(dev)
+                out = model.denoise(x.repeat(n, 1, 1, 1), ts, batch_comp, batch_matte, batch_feat).float()
                 eps = dict(zip(kinds, out.chunk(n)))
             else:
-                ts = t.reshape(1).to(dev)
+                ts = t.reshape(1).expand(x.shape[0]).to(dev)
                 eps = {k: model.denoise(x, ts, conds[k][0].to(dtype), matte.to(dtype), conds[k][1]).float()
                        for k in kinds}
             guided = combine_guidance(eps.get("full"), eps["img"], eps.get("uncond"), s_img, s_light)

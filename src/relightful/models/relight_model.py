@@ -6,6 +6,7 @@ A model folder (what training writes and `--model` accepts):
     unet/                         diffusers layout (config.json + diffusion_pytorch_model.safetensors)
     encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding"
     vae/                          the AutoencoderKL, when the codec is one (so the folder is self-contained)
+    scheduler/                    the training noise schedule (diffusers format): betas, prediction type
 
 Everything is safetensors and JSON; nothing is unpickled.
 """
@@ -102,14 +103,17 @@ class RelightModel(nn.Module):
         state["null_embedding"] = self.null_embedding.detach()
         return state
 
-    def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> None:
-        """Write the model folder; a complete folder appears at once (written aside, then renamed)."""
+    def save_pretrained(self, folder: str | Path, extra: dict | None = None, scheduler=None) -> None:
+        """Write the model folder; a complete folder appears at once (written aside, then renamed). `scheduler`: the
+        diffusers noise scheduler the model was trained with (its betas and prediction type), kept in `scheduler/`."""
         folder = Path(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         unet = self.unet
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if scheduler is not None:
+            scheduler.save_pretrained(tmp / "scheduler")
         save_tensors(tmp / ENCODERS_FILE, {k: v.float().contiguous() for k, v in self.encoder_state().items()})
         config = dataclasses.asdict(self.config)
         config["unet"]["init_from"] = None  # the weights are here now

@@ -34,10 +34,12 @@ class TrainConfig:
     cond_dropout: float = 0.05      # P(drop image) = P(drop lighting) = P(drop both) (InstructPix2Pix's recipe)
     align_weight: float = 1.0       # stage 2: weight of the F_bg -> F_env alignment loss
     num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"  # "epsilon" (InstructPix2Pix, SD), "v_prediction" or "sample" (x̂₀)
+    zero_snr: bool = False          # rescale the betas to zero terminal SNR (Lin et al. 2024; not with epsilon)
     shuffle_window: int = 4         # shards whose pairs are shuffled together (a streaming shuffle buffer)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
-    validate_every: int = 100       # sample grids of validation pairs (0: only at the end)
+    validate_every: int = 100       # validation grids every this many steps (0: only at the end)
     validation_pairs: int = 4
     validation_steps: int = 10      # sampler steps for the validation images

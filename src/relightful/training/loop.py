@@ -28,6 +28,7 @@ from relightful.training.data import PairStream, build_cache, read_manifest
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
 from relightful.training.objectives import StageObjective, set_trainable
+from relightful.training.validation import sample_grid, validation_batch, write_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,12 @@ def build_model(stage: int, model_config: ModelConfig | None, init_from: Path | 
 def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir: str | Path, config: TrainConfig,
                 model_config: ModelConfig | None = None, init_from: str | Path | None = None,
                 cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-                on_log: Callable[[dict], None] | None = None,
-                on_validate: Callable[[int, RelightModel], None] | None = None) -> StageResult:
+                on_log: Callable[[dict], None] | None = None, samples_dir: str | Path | None = None) -> StageResult:
     """Train one stage on the `train` split of `pairs_dir`; write the model folder `out_dir` (rank 0).
 
     Resumes from `run_dir/checkpoints/latest` when there is one. `stop_after` ends the run after that step's
-    checkpoint, as a kill would (for tests of resumption).
+    checkpoint, as a kill would (for tests of resumption). With `samples_dir`, every `validate_every` steps and at
+    the end a grid of validation pairs (composite | model | target) is written there as `step-XXXXXXXX.png`.
     """
     pairs_dir, out_dir, run_dir = Path(pairs_dir), Path(out_dir), Path(run_dir)
     cache_dir = Path(cache_dir) if cache_dir else pairs_dir.parent / "cache" / "latents"
@@ -84,7 +85,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     torch.manual_seed(config.seed)
     model = build_model(stage, model_config, Path(init_from) if init_from else None)
     params = set_trainable(model, stage)
-    objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps)
+    objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
+                               config.zero_snr)
 
     if rank == 0:
         build_cache(pairs_dir, cache_dir, model, progress=progress)
@@ -120,6 +122,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     bar = tqdm(range(start, config.steps), desc=f"stage {stage}", unit="step", disable=not progress or rank != 0,
                initial=start, total=config.steps)
     samples, t0 = 0, time.perf_counter()
+    validation = None
     logs_sum: dict[str, float] = {}  # summed over the steps since the last log row
     logged_steps, interval_samples, interval_t0 = 0, 0, t0
     for step in bar:
@@ -145,8 +148,13 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             if on_log and rank == 0:
                 on_log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
-        if on_validate and rank == 0 and config.validate_every and done % config.validate_every == 0:
-            on_validate(done, model)
+        if samples_dir is not None and rank == 0 and (
+                done == config.steps or (config.validate_every and done % config.validate_every == 0)):
+            if validation is None:
+                validation = validation_batch(pairs_dir, files, config.validation_pairs)
+            write_grid(Path(samples_dir) / f"step-{done:08d}.png",
+                       sample_grid(model, validation, config.validation_steps, config.seed,
+                                   scheduler=validation_scheduler(objective.scheduler, model)))
         if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
             trained = {n: p for n, p in objective.named_parameters() if p.requires_grad}
             ckpt.save_checkpoint(run_dir, done, trained, optimizer.state_dict(),
@@ -165,10 +173,18 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                 if name in fp32:
                     p.copy_(fp32[name])
         model.save_pretrained(out_dir, extra={"stage": stage, "steps": config.steps,
-                                              "train_config": dataclasses.asdict(config)})
+                                              "train_config": dataclasses.asdict(config)},
+                              scheduler=objective.scheduler)
         result.model_dir = out_dir
     barrier()
     return result
+
+
+def validation_scheduler(training_scheduler, model: RelightModel):
+    """The inference sampler on the noise schedule being trained."""
+    from relightful.models.pipeline import TRAINING_NOISE, default_scheduler
+
+    return default_scheduler(model, {k: training_scheduler.config[k] for k in TRAINING_NOISE})
 
 
 def run_fingerprint(stage: int, config: TrainConfig, model: RelightModel, pairs_dir: Path,

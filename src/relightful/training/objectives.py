@@ -1,6 +1,6 @@
 """The three stages' objectives (DESIGN 3.6), each as the module that the DeepSpeed engine wraps.
 
-1. ε-prediction loss; the UNet sees the composite and F_bg(background), each dropped at random so that both
+1. ε-prediction (or v-prediction) loss; the UNet sees the composite and F_bg(background), each dropped at random so that both
    classifier-free guidance scales work at inference.
 2. The same loss with F_env(panorama) as the lighting, plus an alignment loss pulling F_bg(background) towards
    F_env(panorama) at every scale (F_env's side held fixed): the background alone learns physically grounded
@@ -17,12 +17,18 @@ import torch.nn.functional as F
 from relightful.models import RelightModel
 
 
-def noise_scheduler(num_train_timesteps: int = 1000):
-    """Stable Diffusion's training schedule (the one InstructPix2Pix was trained with)."""
+def noise_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon", zero_snr: bool = False):
+    """Stable Diffusion's training schedule (the one InstructPix2Pix was trained with), optionally rescaled to zero
+    terminal SNR, so that the last timestep is pure noise as the sampler's first sample is."""
     from diffusers import DDPMScheduler
 
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
+    if zero_snr and prediction_type == "epsilon":
+        raise ValueError("zero_snr needs prediction_type 'v_prediction' or 'sample' (ε is unpredictable from pure "
+                         "noise)")
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, prediction_type="epsilon")
+                         beta_end=0.012, prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr)
 
 
 def trainable_parts(model: RelightModel, stage: int) -> list[nn.Module | nn.Parameter]:
@@ -52,12 +58,14 @@ def set_trainable(model: RelightModel, stage: int) -> list[nn.Parameter]:
 class StageObjective(nn.Module):
     """forward(batch, noise, timesteps, keep_image, keep_light) -> (loss, {name: detached value})."""
 
-    def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000):
+    def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000,
+                 prediction_type: str = "epsilon", zero_snr: bool = False):
         super().__init__()
         if stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
         self.model, self.stage, self.align_weight = model, stage, align_weight
-        self.scheduler = noise_scheduler(num_train_timesteps)
+        self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
+        self.prediction_type = prediction_type
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
@@ -74,8 +82,14 @@ class StageObjective(nn.Module):
             lighting = self.model.background_features(batch["background"].to(dtype))
         light = keep_light.view(-1, 1, 1, 1).to(dtype)
         features = [f * light for f in lighting]
-        eps = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
-        loss = F.mse_loss(eps.float(), noise.float())
+        prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
+        if self.prediction_type == "v_prediction":
+            wanted = a.sqrt() * noise.float() - (1 - a).sqrt() * target.float()
+        elif self.prediction_type == "sample":
+            wanted = target.float()
+        else:
+            wanted = noise.float()
+        loss = F.mse_loss(prediction.float(), wanted)
         logs["diffusion_loss"] = loss.detach()
         if self.stage == 2:
             from_bg = self.model.background_features(batch["background"].to(dtype))
