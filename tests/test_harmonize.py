@@ -18,6 +18,8 @@ from relightful.models import pipeline
 from relightful.models.pipeline import Harmonizer, combine_guidance, cover_canvas, cover_resize, uses_gain_field
 from relightful.tracking import resolve_model
 
+from conftest import micro_model_config
+
 STEPS = 3
 
 
@@ -297,3 +299,25 @@ def test_cli_end_to_end(model_dir: Path, tmp_path: Path, capsys):
     missing[missing.index(str(bg))] = str(tmp_path / "nope.jpg")
     assert run_cli(missing) == 1
     assert "nope.jpg" in capsys.readouterr().out
+
+
+def test_sampling_defaults_come_from_the_model_folder(tmp_path: Path, monkeypatch):
+    torch.manual_seed(0)
+    model = RelightModel(micro_model_config())
+    model.save_pretrained(tmp_path / "m", extra={"sampling": {"steps": 3, "image_guidance": 1.0,
+                                                              "lighting_guidance": 2.0}})
+    h = Harmonizer.from_pretrained(tmp_path / "m")
+    assert h.defaults == {"steps": 3, "image_guidance": 1.0, "lighting_guidance": 2.0}
+    seen = {}
+    real = h.sample
+
+    def spy(composite, matte, features, steps, seed, s_img, s_light, progress=False):
+        seen.update(steps=steps, s_img=s_img, s_light=s_light)
+        return real(composite, matte, features, steps, seed, s_img, s_light, progress)
+
+    monkeypatch.setattr(h, "sample", spy)
+    fg = np.full((32, 32, 3), 128, np.uint8)
+    h(fg, np.ones((32, 32), np.float32), fg)
+    assert seen == {"steps": 3, "s_img": 1.0, "s_light": 2.0}
+    h(fg, np.ones((32, 32), np.float32), fg, steps=2, lighting_guidance=0.0)
+    assert seen == {"steps": 2, "s_img": 1.0, "s_light": 0.0}

@@ -157,3 +157,21 @@ def test_model_folder_round_trip_and_refusals(tmp_path):
         RelightModel.from_pretrained(tmp_path / "m")
     with pytest.raises(InputError, match="model folder not found"):
         RelightModel.from_pretrained(tmp_path / "missing")
+
+
+def test_residual_model_predicts_the_composite_plus_the_unet_edit(rendered_pairs, tmp_path):
+    import dataclasses
+
+    from relightful.training import TrainConfig
+    from relightful.training.loop import train_stage
+
+    config = dataclasses.replace(micro_model_config(), residual=True)
+    model = RelightModel(config)
+    torch.nn.init.zeros_(model.unet.conv_out.weight)
+    torch.nn.init.zeros_(model.unet.conv_out.bias)
+    z = torch.randn(2, model.codec.channels, 16, 16)
+    composite = torch.randn_like(z)
+    assert torch.equal(model.denoise(z, torch.tensor([1, 999]), composite, z[:, :1], None), composite)
+    with pytest.raises(ValueError, match="train it with prediction_type 'sample'"):
+        train_stage(1, rendered_pairs, tmp_path / "m", tmp_path / "run", TrainConfig(steps=1), config,
+                    cache_dir=tmp_path / "cache", progress=False)

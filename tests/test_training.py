@@ -13,7 +13,7 @@ import torch
 from relightful.io import InputError, load_tensors
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
-from relightful.training.config import DeepSpeedConfig, OptimConfig
+from relightful.training.config import DeepSpeedConfig, OptimConfig, SamplingConfig
 from relightful.training.data import PairStream, build_cache, read_manifest
 from relightful.training.loop import train_stage
 
@@ -62,7 +62,7 @@ def test_stage3_leaves_f_bg_bit_identical(stage1, rendered_pairs, tmp_path):
     before = RelightModel.from_pretrained(root / "model")
     config = TrainConfig(steps=4, log_every=2, checkpoint_every=100, optim=OptimConfig(lr=5e-3, warmup_steps=1),
                          deepspeed=DeepSpeedConfig(micro_batch=4), validate_every=2, validation_pairs=3,
-                         validation_steps=2)
+                         sampling=SamplingConfig(steps=2))
     train_stage(3, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
                 cache_dir=root / "cache", progress=False, samples_dir=tmp_path / "samples")
     # validation grids: composite | model | target for 3 validation pairs, every 2 steps

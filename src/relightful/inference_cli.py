@@ -56,10 +56,13 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--matte", type=Path, required=True, metavar="MATTE.png", help="alpha matte, same size as --fg (grey or RGBA alpha)")
     p.add_argument("--bg", type=Path, required=True, metavar="BG.jpg", help="background photo, any size")
     p.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="output image (8-bit sRGB; PNG keeps it lossless)")
-    p.add_argument("--steps", type=_positive, default=20, metavar="N", help="sampler steps (default 20)")
+    p.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="sampler steps (default: the model's, as trained; else 20)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed: same seed, same output")
-    p.add_argument("--image-guidance", type=float, default=1.5, metavar="X", help="image guidance scale (default 1.5)")
-    p.add_argument("--lighting-guidance", type=float, default=3.0, metavar="Y", help="lighting guidance scale (default 3.0)")
+    p.add_argument("--image-guidance", type=float, default=None, metavar="X",
+                   help="image guidance scale (default: the model's; else 1.5)")
+    p.add_argument("--lighting-guidance", type=float, default=None, metavar="Y",
+                   help="lighting guidance scale (default: the model's; else 3.0)")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harmonize)

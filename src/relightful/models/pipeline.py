@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from relightful.io import InputError, srgb_decode, srgb_encode, to_uint8
 from relightful.models.codecs import PixelUnshuffleCodec
-from relightful.models.relight_model import RelightModel
+from relightful.models.relight_model import RelightModel, read_model_meta
 
 # The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
 TRAINING_NOISE: dict = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
@@ -193,8 +193,10 @@ class Harmonizer:
     """
 
     def __init__(self, model: RelightModel, scheduler=None, *, batch_guidance: bool = True, gain_sigma: float = 1.0,
-                 gain_eps: float = 2e-3):
+                 gain_eps: float = 2e-3, defaults: dict | None = None):
         self.model = model.eval()
+        # sampler steps and guidance scales used when a call leaves them out: the model folder's "sampling"
+        self.defaults = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0, **(defaults or {})}
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
         self.gain_sigma = gain_sigma
@@ -219,6 +221,7 @@ class Harmonizer:
             except (OSError, ValueError) as err:
                 raise InputError(folder / SCHEDULER_DIR, f"unreadable scheduler config ({err})") from None
             scheduler = default_scheduler(net, {k: config[k] for k in TRAINING_NOISE if k in config})
+        kwargs.setdefault("defaults", read_model_meta(folder).get("sampling"))
         return cls(net, scheduler, **kwargs)
 
     @property
@@ -226,9 +229,13 @@ class Harmonizer:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def __call__(self, fg, matte, bg, steps: int = 20, seed: int = 0, image_guidance: float = 1.5,
-                 lighting_guidance: float = 3.0, progress: bool = False) -> np.ndarray:
-        """fg (H, W, 3) sRGB, matte (H, W) in [0, 1] (or uint8), bg any size -> (H, W, 3) uint8 sRGB composite."""
+    def __call__(self, fg, matte, bg, steps: int | None = None, seed: int = 0, image_guidance: float | None = None,
+                 lighting_guidance: float | None = None, progress: bool = False) -> np.ndarray:
+        """fg (H, W, 3) sRGB, matte (H, W) in [0, 1] (or uint8), bg any size -> (H, W, 3) uint8 sRGB composite.
+        Steps and guidance scales left out come from the model folder's "sampling" (else 20, 1.5, 3.0)."""
+        steps = self.defaults["steps"] if steps is None else steps
+        image_guidance = self.defaults["image_guidance"] if image_guidance is None else image_guidance
+        lighting_guidance = self.defaults["lighting_guidance"] if lighting_guidance is None else lighting_guidance
         fg8, m, bg8 = _rgb8(fg, "foreground"), _matte(matte), _rgb8(bg, "background")
         if m.shape != fg8.shape[:2]:
             raise ValueError(f"the matte is {m.shape[1]}x{m.shape[0]} but the foreground is "

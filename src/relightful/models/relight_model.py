@@ -43,6 +43,9 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     lighting: EncoderConfig = field(default_factory=EncoderConfig)
     panorama: PanoramaConfig = field(default_factory=PanoramaConfig)
+    # The denoiser returns composite + UNet output: with x̂₀-prediction ("sample") the UNet learns the edit (the
+    # relighting) rather than the whole image, so a short run starts from "paste unchanged", not from noise.
+    residual: bool = False
 
 
 class RelightModel(nn.Module):
@@ -87,14 +90,16 @@ class RelightModel(nn.Module):
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
                 features: list[torch.Tensor] | None) -> torch.Tensor:
-        """ε prediction. `features=None` is the null lighting (no residuals); a zero composite the null image."""
+        """The UNet's prediction (ε, v or x̂₀, as trained; plus the composite when `config.residual`).
+        `features=None` is the null lighting (no residuals); a zero composite the null image."""
         x = torch.cat([noisy, composite, matte], dim=1)
         context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
         extra = {}
         if features is not None:
             check_features(features, self.feature_shapes, x.shape[0])
             extra["down_intrablock_additional_residuals"] = [f.to(x.dtype) for f in features]  # a fresh list
-        return self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
+        out = self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
+        return out + composite if self.config.residual else out
 
     # --- folders ------------------------------------------------------------------------------------------------
     def encoder_state(self) -> dict[str, torch.Tensor]:

@@ -26,6 +26,14 @@ class DeepSpeedConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How the trained model is best sampled; written into the model folder as `harmonize`'s defaults."""
+    steps: int = 20
+    image_guidance: float = 1.5
+    lighting_guidance: float = 3.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200                # optimizer steps of this stage
     seed: int = 0
@@ -42,4 +50,4 @@ class TrainConfig:
     log_every: int = 10
     validate_every: int = 100       # validation grids every this many steps (0: only at the end)
     validation_pairs: int = 4
-    validation_steps: int = 10      # sampler steps for the validation images
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # validation grids; the model's defaults

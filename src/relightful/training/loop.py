@@ -84,6 +84,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     rank, world = init_distributed()
     torch.manual_seed(config.seed)
     model = build_model(stage, model_config, Path(init_from) if init_from else None)
+    if model.config.residual and config.prediction_type != "sample":
+        raise ValueError("a residual model (model.residual) predicts x̂₀: train it with prediction_type 'sample'")
     params = set_trainable(model, stage)
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                                config.zero_snr)
@@ -153,7 +155,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             if validation is None:
                 validation = validation_batch(pairs_dir, files, config.validation_pairs)
             write_grid(Path(samples_dir) / f"step-{done:08d}.png",
-                       sample_grid(model, validation, config.validation_steps, config.seed,
+                       sample_grid(model, validation, config.sampling.steps, config.seed,
+                                   config.sampling.image_guidance, config.sampling.lighting_guidance,
                                    scheduler=validation_scheduler(objective.scheduler, model)))
         if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
             trained = {n: p for n, p in objective.named_parameters() if p.requires_grad}
@@ -173,7 +176,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                 if name in fp32:
                     p.copy_(fp32[name])
         model.save_pretrained(out_dir, extra={"stage": stage, "steps": config.steps,
-                                              "train_config": dataclasses.asdict(config)},
+                                              "train_config": dataclasses.asdict(config),
+                                              "sampling": dataclasses.asdict(config.sampling)},
                               scheduler=objective.scheduler)
         result.model_dir = out_dir
     barrier()
