@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# the CPU wheel first: an unpinned torch anywhere would pull multi-GB CUDA builds
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,starter,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

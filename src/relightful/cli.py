@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from relightful.augment_cli import add_augment_parsers
 from relightful.inference_cli import add_harmonize_parser
 from relightful.io.errors import InputError
 
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     add_harmonize_parser(sub)
+    add_augment_parsers(sub)
     return parser
 
 

@@ -46,3 +46,18 @@ PAIR_COLUMNS: dict[str, str] = {
 }
 
 SPLITS = ("train", "val", "test")
+
+# data/natural_pairs/manifest.parquet (`relightful augment`, DESIGN 3.6 stage 3): the pair columns above, where the
+# light-stage-only ones (env_a ... exposure_b_stops) are null, "subject_id" is the portrait id and "scale" is 1
+# (photos are display-referred), plus:
+NATURAL_PAIR_COLUMNS: dict[str, str] = {
+    **PAIR_COLUMNS,
+    "background_id": "str",     # the other background the subject of x_a was relit to (file stem)
+    "seed": "int",              # noise seed of the sampler call that relit the pair (one per batch)
+    "matte_source": "str",      # "file" (the portrait's matte.png) or the matting method that computed it
+    "model": "str",             # first 16 hex digits of the sha256 of the stage-2 model folder's files
+    "steps": "int",             # sampler steps
+    "image_guidance": "float",
+    "lighting_guidance": "float",
+    "fg_change": "float",       # mean |x_a − x_b| over the matte: how much the relighting changed the subject
+}

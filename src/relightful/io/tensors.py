@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from relightful.io.atomic import atomic_path
+from relightful.io.atomic import _UMASK, atomic_path
 from relightful.io.errors import InputError
 
 
@@ -27,6 +27,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
         save_file(payload, tmp, metadata=header)  # streams the tensors to disk without a bytes copy
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors recreates the file with mode 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
 

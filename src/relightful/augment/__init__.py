@@ -1,0 +1,14 @@
+"""Stage-3 data: natural portraits become training pairs with the stage-2 model (DESIGN 3.6 stage 3).
+
+    config.py       AugmentConfig (params section "augment"), NaturalStarterConfig ("natural_starter")
+    portraits.py    the portrait/background folder format and its validating loader
+    matting.py      mattes for portraits without one (GrabCut offline; MediaPipe when installed)
+    plan.py         which background each pair uses, its split (by portrait) and shard
+    synthesize.py   `augment_pairs`: batched relighting into pair shards, resumable
+    starter.py      `build_natural_starter`: the real photos that can be had offline
+"""
+
+from relightful.augment.config import AugmentConfig, NaturalStarterConfig
+from relightful.augment.portraits import Background, Portrait, scan_backgrounds, scan_portraits
+
+__all__ = ["AugmentConfig", "Background", "NaturalStarterConfig", "Portrait", "scan_backgrounds", "scan_portraits"]
