@@ -59,10 +59,11 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
                  batch: int = 16) -> dict[str, torch.Tensor]:
     """The cache tensors of one shard (see the module docstring)."""
     size = model.config.image_size
+    device = next(model.unet.parameters()).device
     out: dict[str, list[torch.Tensor]] = {"composite": [], "target": [], "matte": [], "background": []}
     for i in range(0, len(rows), batch):
         idx = torch.tensor(rows["index"].to_numpy()[i:i + batch], dtype=torch.long)
-        x_a, x_b, y_b, m = (shard[k][idx].float() for k in ("x_a", "x_b", "y_b", "matte"))
+        x_a, x_b, y_b, m = (shard[k][idx].to(device).float() for k in ("x_a", "x_b", "y_b", "matte"))
         if x_a.shape[-1] != size:
             x_a, x_b, y_b, m = (F.interpolate(t, size=(size, size), mode="area" if t.shape[-1] > size else "bilinear")
                                 for t in (x_a, x_b, y_b, m))
@@ -70,7 +71,7 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
         out["target"].append(model.codec.encode(model_space(m * x_b + (1 - m) * y_b)))
         out["matte"].append(model.matte_latent(m))
         out["background"].append(model_space(y_b).half())
-    cache = {k: torch.cat(v) for k, v in out.items()}
+    cache = {k: torch.cat(v).cpu() for k, v in out.items()}
     if panoramas is not None:
         pano = []
         for r in rows.itertuples():

@@ -90,6 +90,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                                config.zero_snr)
 
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    model.to(device)  # the cache is encoded where the model will train
     if rank == 0:
         build_cache(pairs_dir, cache_dir, model, progress=progress)
     barrier()
@@ -130,8 +132,10 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     for step in bar:
         for micro in range(ds.grad_accum):
             batch = stream.batch(step, micro)
-            noise, t, keep_image, keep_light = draw_step(batch, step_generator(config.seed, step, micro, rank),
-                                                         config.num_train_timesteps, config.cond_dropout)
+            drawn = draw_step(batch, step_generator(config.seed, step, micro, rank), config.num_train_timesteps,
+                              config.cond_dropout)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            noise, t, keep_image, keep_light = (x.to(device) for x in drawn)
             loss, logs = engine(batch, noise, t, keep_image, keep_light)
             engine.backward(loss)
             engine.step()
@@ -153,7 +157,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         if samples_dir is not None and rank == 0 and (
                 done == config.steps or (config.validate_every and done % config.validate_every == 0)):
             if validation is None:
-                validation = validation_batch(pairs_dir, files, config.validation_pairs)
+                validation = {k: v.to(device) for k, v in
+                              validation_batch(pairs_dir, files, config.validation_pairs).items()}
             write_grid(Path(samples_dir) / f"step-{done:08d}.png",
                        sample_grid(model, validation, config.sampling.steps, config.seed,
                                    config.sampling.image_guidance, config.sampling.lighting_guidance,
