@@ -144,3 +144,25 @@ def test_two_ranks_on_cpu_hold_identical_parameters(rendered_pairs, tmp_path, ze
     losses = load_tensors(tmp_path / "loss0.safetensors")["loss"]
     assert torch.equal(losses, load_tensors(tmp_path / "loss1.safetensors")["loss"])  # logged as the ranks' mean
     assert torch.isfinite(losses).all() and start is not None
+
+
+def test_bf16_zero2_resumes_and_exports_fp32_master_weights(rendered_pairs, tmp_path):
+    """The gpu profile's precision: DeepSpeed bf16 with ZeRO-2 (fp32 master weights in the optimizer): a killed run
+    resumes to the same weights, and the model folder holds the fp32 master weights."""
+    config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, optim=OptimConfig(lr=1e-3, warmup_steps=1),
+                         deepspeed=DeepSpeedConfig(micro_batch=4, precision="bf16", zero_stage=2))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "whole", tmp_path / "run-whole", config, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, stop_after=2, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, **kw)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in whole.history)
+    a = RelightModel.from_pretrained(tmp_path / "whole").state_dict()
+    b = RelightModel.from_pretrained(tmp_path / "resumed").state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    weights = [v for k, v in a.items() if k.startswith("unet.")]
+    assert all(w.dtype == torch.float32 for w in weights)
+    assert any(not torch.equal(w, w.bfloat16().float()) for w in weights)  # not bf16-rounded copies
+    with pytest.raises(ValueError, match="bf16 needs zero_stage 1 or 2"):
+        train_stage(1, rendered_pairs, tmp_path / "x", tmp_path / "run-x", TrainConfig(
+            steps=1, deepspeed=DeepSpeedConfig(precision="bf16", zero_stage=0)), **kw)

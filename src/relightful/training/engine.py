@@ -47,6 +47,9 @@ def deepspeed_config(config: TrainConfig, world: int) -> dict:
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {ds.precision!r}")
     if ds.zero_stage not in (0, 1, 2):
         raise ValueError(f"zero_stage must be 0, 1 or 2 (checkpoints need whole weights on each rank), got {ds.zero_stage}")
+    if ds.precision == "bf16" and ds.zero_stage == 0:
+        raise ValueError("bf16 needs zero_stage 1 or 2: there DeepSpeed keeps the fp32 master weights that are "
+                         "trained, checkpointed and exported")
     return {
         "train_micro_batch_size_per_gpu": ds.micro_batch,
         "gradient_accumulation_steps": ds.grad_accum,
