@@ -86,6 +86,11 @@ def test_killed_run_resumes_to_the_same_weights(rendered_pairs, tmp_path):
     stopped = train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, stop_after=3, **kw)
     assert stopped.model_dir is None and not (tmp_path / "resumed").exists()
     resumed = train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, **kw)
+    # resuming a finished run (as `dvc repro` does after removing the outputs) rewrites the outputs, grid included
+    again = train_stage(1, rendered_pairs, tmp_path / "again", tmp_path / "run-resumed", config,
+                        samples_dir=tmp_path / "grids", **kw)
+    assert again.steps == 6 and (tmp_path / "grids" / "step-00000006.png").is_file()
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in whole.history]
     a = RelightModel.from_pretrained(tmp_path / "whole").state_dict()
     b = RelightModel.from_pretrained(tmp_path / "resumed").state_dict()
     for name in a:
@@ -95,7 +100,7 @@ def test_killed_run_resumes_to_the_same_weights(rendered_pairs, tmp_path):
     latest = tmp_path / "run-resumed" / "checkpoints" / (tmp_path / "run-resumed" / "checkpoints" / "latest").read_text()
     (latest / "trainable.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="trainable.safetensors: not a valid safetensors file"):
-        train_stage(1, rendered_pairs, tmp_path / "again", tmp_path / "run-resumed", config, **kw)
+        train_stage(1, rendered_pairs, tmp_path / "again2", tmp_path / "run-resumed", config, **kw)
 
 
 def test_changed_settings_do_not_resume_stale_checkpoints(rendered_pairs, tmp_path):

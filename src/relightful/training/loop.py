@@ -126,7 +126,16 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     bar = tqdm(range(start, config.steps), desc=f"stage {stage}", unit="step", disable=not progress or rank != 0,
                initial=start, total=config.steps)
     samples, t0 = 0, time.perf_counter()
-    validation = None
+    validation: dict[str, torch.Tensor] = {}
+
+    def write_validation_grid(path: Path) -> None:
+        if not validation:
+            batch = validation_batch(pairs_dir, files, config.validation_pairs)
+            validation.update({k: v.to(device) for k, v in batch.items()})
+        write_grid(path, sample_grid(model, validation, config.sampling.steps, config.seed,
+                                     config.sampling.image_guidance, config.sampling.lighting_guidance,
+                                     scheduler=validation_scheduler(objective.scheduler, model)))
+
     logs_sum: dict[str, float] = {}  # summed over the steps since the last log row
     logged_steps, interval_samples, interval_t0 = 0, 0, t0
     for step in bar:
@@ -154,15 +163,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             if on_log and rank == 0:
                 on_log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
-        if samples_dir is not None and rank == 0 and (
-                done == config.steps or (config.validate_every and done % config.validate_every == 0)):
-            if validation is None:
-                validation = {k: v.to(device) for k, v in
-                              validation_batch(pairs_dir, files, config.validation_pairs).items()}
-            write_grid(Path(samples_dir) / f"step-{done:08d}.png",
-                       sample_grid(model, validation, config.sampling.steps, config.seed,
-                                   config.sampling.image_guidance, config.sampling.lighting_guidance,
-                                   scheduler=validation_scheduler(objective.scheduler, model)))
+        if samples_dir is not None and rank == 0 and config.validate_every and done % config.validate_every == 0:
+            write_validation_grid(Path(samples_dir) / f"step-{done:08d}.png")
         if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
             trained = {n: p for n, p in objective.named_parameters() if p.requires_grad}
             ckpt.save_checkpoint(run_dir, done, trained, optimizer.state_dict(),
@@ -171,6 +173,9 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                 ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
         if done == stop_after:
             return StageResult(None, done, history, model=model)
+    final_grid = Path(samples_dir) / f"step-{config.steps:08d}.png" if samples_dir is not None else None
+    if final_grid is not None and rank == 0 and not final_grid.is_file():  # also when resumed at the last step
+        write_validation_grid(final_grid)
     elapsed = time.perf_counter() - t0
     result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0, model)
     if rank == 0:
