@@ -90,6 +90,7 @@ def test_instruct_pix2pix_unet_is_unchanged_by_the_matte_channel(tmp_path):
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
                                 attention_head_dim=8, norm_num_groups=8, layers_per_block=1)
     ip2p.save_pretrained(tmp_path / "ip2p" / "unet", safe_serialization=True)
+    null = torch.randn(1, 2, 16)
     loaded = load_instruct_pix2pix_unet(tmp_path / "ip2p")
     assert loaded.config.in_channels == 9
     x = torch.randn(3, 8, 16, 16)
@@ -110,7 +111,17 @@ def test_instruct_pix2pix_unet_is_unchanged_by_the_matte_channel(tmp_path):
                                                                                     trunk=8))
     config = ModelConfig(image_size=32, codec=CodecConfig(kind="vae", vae_path=str(tmp_path / "vae")),
                          unet=UNetConfig(init_from=str(tmp_path / "ip2p"), cross_attention_dim=16), **encoders)
+    with pytest.raises(InputError, match="no empty-prompt embedding"):
+        RelightModel(config)
+    from relightful.io import save_tensors
+
+    save_tensors(tmp_path / "ip2p" / "null_embedding.safetensors", {"null_embedding": null})
     model = RelightModel(config)
+    # at step 0 the whole model is the InstructPix2Pix UNet under its empty-prompt embedding
+    with torch.no_grad():
+        z = torch.randn(3, 4, 16, 16)
+        assert torch.equal(model.denoise(z, t, x[:, 4:], torch.rand(3, 1, 16, 16), None),
+                           ip2p(torch.cat([z, x[:, 4:]], 1), t, encoder_hidden_states=null.expand(3, -1, -1)).sample)
     model.save_pretrained(tmp_path / "model")
     again = RelightModel.from_pretrained(tmp_path / "model")
     images = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -118,6 +129,7 @@ def test_instruct_pix2pix_unet_is_unchanged_by_the_matte_channel(tmp_path):
     z = model.codec.encode(images)
     assert z.shape == (2, 4, 16, 16)
     t = torch.tensor([3, 300])
+    assert torch.equal(again.null_embedding, null)
     torch.testing.assert_close(model.denoise(z, t, z, z[:, :1], None), again.denoise(z, t, z, z[:, :1], None),
                                rtol=0, atol=0)
     # a codec whose latents do not match the checkpoint is refused clearly

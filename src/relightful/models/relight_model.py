@@ -29,7 +29,7 @@ from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec,
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
 from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_unet, check_features,
-                                    load_instruct_pix2pix_unet)
+                                    load_instruct_pix2pix_unet, load_null_embedding)
 
 FORMAT = "relightful-model"
 CONFIG_FILE = "relightful.json"
@@ -67,8 +67,13 @@ class RelightModel(nn.Module):
         self.feature_shapes = adapter_feature_shapes(unet, (latent, latent))
         self.lighting = LightingEncoder(config.lighting, config.image_size, self.feature_shapes)
         self.panorama = PanoramaEncoder(config.panorama, self.feature_shapes)
-        if null_embedding is None:
+        if null_embedding is None and config.unet.init_from:
+            null_embedding = load_null_embedding(config.unet.init_from)
+        if null_embedding is None:  # built from a config: a learned null instruction
             null_embedding = torch.randn(1, config.unet.null_tokens, unet.config.cross_attention_dim) * 0.02
+        if null_embedding.ndim != 3 or null_embedding.shape[-1] != unet.config.cross_attention_dim:
+            raise ValueError(f"null embedding of shape {tuple(null_embedding.shape)} does not fit a UNet with "
+                             f"cross_attention_dim {unet.config.cross_attention_dim}")
         self.null_embedding = nn.Parameter(null_embedding.float())
 
     # --- conditioning -------------------------------------------------------------------------------------------

@@ -78,6 +78,43 @@ def load_instruct_pix2pix_unet(folder: str | Path):
     return add_matte_channel(unet)
 
 
+NULL_EMBEDDING_FILE = "null_embedding.safetensors"
+
+
+def load_null_embedding(folder: str | Path) -> torch.Tensor:
+    """The checkpoint's empty-prompt embedding (1, T, D): InstructPix2Pix's UNet was trained with CLIP text
+    embeddings, so the "null instruction" must be its encoding of "", not an arbitrary tensor.
+
+    Read from `null_embedding.safetensors` when the folder has one (computed once, e.g. on a machine with the
+    text encoder), else computed with the folder's own `text_encoder/` and `tokenizer/` (local files only)."""
+    from relightful.io import load_tensors
+
+    folder = Path(folder)
+    if (folder / NULL_EMBEDDING_FILE).is_file():
+        tensors = load_tensors(folder / NULL_EMBEDDING_FILE)
+        if "null_embedding" not in tensors or tensors["null_embedding"].ndim != 3:
+            raise InputError(folder / NULL_EMBEDDING_FILE, "expected a (1, T, D) tensor named null_embedding")
+        return tensors["null_embedding"].float()
+    if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
+        try:
+            from transformers import CLIPTextModel, CLIPTokenizer
+        except ImportError:
+            raise InputError(folder, f"computing the empty-prompt embedding needs `pip install transformers`; or "
+                                     f"add {NULL_EMBEDDING_FILE} (a (1, 77, 768) tensor named null_embedding)") from None
+
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+            encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True,
+                                                    use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise InputError(folder, f"cannot load the text encoder or tokenizer ({err})") from None
+        ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            return encoder(ids)[0].float()
+    raise InputError(folder, f"no empty-prompt embedding: add {NULL_EMBEDDING_FILE} or text_encoder/ + tokenizer/")
+
+
 def adapter_feature_shapes(unet, latent_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
     """(channels, height, width) of the T2I-Adapter residual each down block adds (diffusers' rule).
 
