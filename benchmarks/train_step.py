@@ -30,7 +30,8 @@ from relightful.io import save_tensors  # noqa: E402
 from relightful.models import CodecConfig, EncoderConfig, ModelConfig, PanoramaConfig, RelightModel, UNetConfig  # noqa: E402
 from relightful.training import TrainConfig  # noqa: E402
 from relightful.training.config import DeepSpeedConfig  # noqa: E402
-from relightful.training.data import PairStream, build_cache, model_space, read_manifest  # noqa: E402
+from relightful.models.codecs import to_model_space  # noqa: E402
+from relightful.training.data import PairStream, build_cache, read_manifest  # noqa: E402
 from relightful.training.engine import build_engine, init_distributed  # noqa: E402
 from relightful.training.loop import draw_step, step_generator  # noqa: E402
 from relightful.training.objectives import StageObjective, set_trainable  # noqa: E402
@@ -111,11 +112,11 @@ def main() -> None:
             idx = torch.arange(step * args.micro_batch, (step + 1) * args.micro_batch, device=device) % args.pairs
             x_a, x_b, y_b, m = (raw[k][idx].float() for k in ("x_a", "x_b", "y_b", "matte"))
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                composite = vae.encode(model_space(m * x_a + (1 - m) * y_b)).latent_dist.sample()
-                target = vae.encode(model_space(m * x_b + (1 - m) * y_b)).latent_dist.sample()
+                composite = vae.encode(to_model_space(m * x_a + (1 - m) * y_b)).latent_dist.sample()
+                target = vae.encode(to_model_space(m * x_b + (1 - m) * y_b)).latent_dist.sample()
             s = vae.config.scaling_factor
             return {"composite": composite.float() * s, "target": target.float() * s, "matte": model.matte_latent(m),
-                    "background": model_space(y_b)}
+                    "background": to_model_space(y_b)}
 
         def run(make_batch, steps: int, offset: int) -> float:
             if device.type == "cuda":

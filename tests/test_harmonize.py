@@ -135,13 +135,13 @@ def test_gain_field_applies_a_uniform_relighting_exactly(harmonizer: Harmonizer,
     """If the model darkens the whole composite by 0.5 (linear), the full-resolution foreground is darkened by
     exactly 0.5: the gain is a ratio of identically blurred images."""
     fg, matte, bg, inner = detail_inputs()
-    original = Harmonizer._generate
+    original = Harmonizer.generate
 
     def half(self, composite, *args):
         original(self, composite, *args)  # run the model anyway: the path must work end to end
         return composite * 0.5
 
-    monkeypatch.setattr(Harmonizer, "_generate", half)
+    monkeypatch.setattr(Harmonizer, "generate", half)
     out = harmonizer(fg, matte, bg, steps=1)
     expected = to_uint8(srgb_encode(srgb_decode(fg.astype(np.float32) / 255) * 0.5))
     assert np.abs(out[inner].astype(int) - expected[inner].astype(int)).max() <= 1

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 
 from relightful.io import InputError
 from relightful.models import (CodecConfig, EncoderConfig, ModelConfig, PanoramaConfig, PixelUnshuffleCodec,
-                               RelightModel, UNetConfig, adapter_feature_shapes)
+                               RelightModel, UNetConfig)
 from relightful.models.unet import load_instruct_pix2pix_unet
 
 from conftest import micro_model_config

@@ -144,11 +144,16 @@ def test_two_ranks_on_cpu_hold_identical_parameters(rendered_pairs, tmp_path, ze
     assert r0.keys() == r1.keys()
     for name in r0:
         assert torch.equal(r0[name], r1[name]), name
-    start = RelightModel(micro_model_config())
-    assert (tmp_path / "model" / "relightful.json").is_file()
+    # and they trained: the saved model (rank 0) is rank 0's parameters, which left their initial values
+    saved = dict(RelightModel.from_pretrained(tmp_path / "model").named_parameters())
+    for name in r0:
+        assert torch.equal(saved[name].detach(), r0[name]), name
+    torch.manual_seed(0)
+    start = dict(RelightModel(micro_model_config()).named_parameters())
+    assert not torch.equal(start["unet.conv_in.weight"].detach(), r0["unet.conv_in.weight"])
     losses = load_tensors(tmp_path / "loss0.safetensors")["loss"]
     assert torch.equal(losses, load_tensors(tmp_path / "loss1.safetensors")["loss"])  # logged as the ranks' mean
-    assert torch.isfinite(losses).all() and start is not None
+    assert torch.isfinite(losses).all()
 
 
 def test_bf16_zero2_resumes_and_exports_fp32_master_weights(rendered_pairs, tmp_path):

@@ -43,7 +43,7 @@ from relightful.augment.portraits import (Background, Portrait, load_background,
                                           scan_portraits)
 from relightful.data.schema import NATURAL_PAIR_COLUMNS
 from relightful.data.splits import stable_hash
-from relightful.io import InputError, atomic_path, atomic_write_text, read_metadata, srgb_decode, srgb_encode
+from relightful.io import InputError, atomic_path, atomic_write_text, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,10 @@ class Relighter:
 
         model, cfg = self.h.model, self.config
         dev, side, size = self.h.device, model.config.image_size, photo.shape[-1]
-        dtype = next(model.unet.parameters()).dtype
         photo, matte, background = photo.to(dev), matte.to(dev), background.to(dev)
         composite = matte * photo + (1 - matte) * background
         comp_s, m_s, bg_s = _resize(composite, side), _resize(matte, side).clamp(0, 1), _resize(background, side)
-        to_model = lambda x: srgb_encode(x) * 2 - 1
-        comp_lat = model.codec.encode(to_model(comp_s).to(dtype)).float()
-        features = model.background_features(to_model(bg_s).to(dtype))
-        latents = self.h.sample(comp_lat, model.matte_latent(m_s), features, cfg.steps, seed, cfg.image_guidance,
-                                cfg.lighting_guidance)
-        generated = srgb_decode((model.codec.decode(latents.to(dtype)).float().clamp(-1, 1) + 1) / 2)
+        generated = self.h.generate(comp_s, m_s, bg_s, cfg.steps, seed, cfg.image_guidance, cfg.lighting_guidance)
         if size > side:
             gain = gain_field(generated, comp_s, m_s, self.h.gain_sigma, self.h.gain_eps)
             relit = photo * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)

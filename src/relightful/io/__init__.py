@@ -13,10 +13,11 @@ from relightful.io.images import (
     write_ldr,
     write_matte,
 )
+from relightful.io.json_files import read_json
 from relightful.io.tensors import load_tensors, read_metadata, save_tensors
 
 __all__ = [
     "HDR_SUFFIXES", "LDR_SUFFIXES", "InputError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-    "auto_exposure", "load_tensors", "read_hdr", "read_ldr", "read_matte", "read_metadata", "save_tensors",
+    "auto_exposure", "load_tensors", "read_hdr", "read_json", "read_ldr", "read_matte", "read_metadata", "save_tensors",
     "srgb_decode", "srgb_encode", "to_uint8", "tonemap", "write_hdr", "write_ldr", "write_matte",
 ]

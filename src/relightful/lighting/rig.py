@@ -11,6 +11,7 @@ import numpy as np
 
 from relightful.io.atomic import atomic_write_text
 from relightful.io.errors import InputError
+from relightful.io.json_files import read_json
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,12 +60,7 @@ class LedRig:
     @classmethod
     def from_json(cls, path: str | Path) -> "LedRig":
         path = Path(path)
-        try:
-            spec = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(path, "rig file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(path, f"not valid JSON ({err})") from None
+        spec = read_json(path, missing="rig file not found")
         try:
             leds = spec["leds"]
             if not leds:

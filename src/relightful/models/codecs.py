@@ -14,7 +14,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from relightful.io.color import srgb_decode, srgb_encode
 from relightful.io.errors import InputError
+
+
+def to_model_space(linear: torch.Tensor) -> torch.Tensor:
+    """Linear images -> sRGB-encoded in [−1, 1]: what the codecs and F_bg take (DESIGN 3.4)."""
+    return srgb_encode(linear.float()) * 2.0 - 1.0
+
+
+def from_model_space(images: torch.Tensor) -> torch.Tensor:
+    """Decoded images in [−1, 1] (clipped) -> linear."""
+    return srgb_decode((images.float().clamp(-1, 1) + 1) / 2)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from relightful.io import InputError, srgb_decode, srgb_encode, to_uint8
-from relightful.models.codecs import PixelUnshuffleCodec
+from relightful.models.codecs import PixelUnshuffleCodec, from_model_space, to_model_space
 from relightful.models.relight_model import RelightModel, read_model_meta
 
 # The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
@@ -256,7 +256,7 @@ class Harmonizer:
         composite = m_canvas * F.pad(fg_lin, pad) + (1 - m_canvas) * canvas_lin
 
         comp_s, m_s, bg_s = _resize(composite, size), _resize(m_canvas, size).clamp(0, 1), _resize(canvas_lin, size)
-        generated = self._generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
+        generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
 
         if uses_gain_field((height, width), size):
             gain = gain_field(generated, comp_s, m_s, self.gain_sigma, self.gain_eps)
@@ -267,18 +267,17 @@ class Harmonizer:
         out8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
         return np.where((m == 0)[..., None], bg_full8, out8)
 
-    def _generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
-                  seed: int, s_img: float, s_light: float, progress: bool) -> torch.Tensor:
-        """Sample the relit composite (1, 3, s, s), linear, from the linear composite, matte and background."""
+    def generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
+                 seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:
+        """Sample relit composites (B, 3, s, s), linear, from linear composites, mattes and backgrounds at the
+        model's size."""
         model = self.model
-        to_model = lambda x: srgb_encode(x) * 2 - 1
         dtype = next(model.unet.parameters()).dtype
-        comp_lat = model.codec.encode(to_model(composite).to(dtype)).float()
+        comp_lat = model.codec.encode(to_model_space(composite).to(dtype)).float()
         m_lat = model.matte_latent(matte)
-        features = model.background_features(to_model(background).to(dtype))
+        features = model.background_features(to_model_space(background).to(dtype))
         latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress)
-        images = model.codec.decode(latents.to(dtype)).float().clamp(-1, 1)
-        return srgb_decode((images + 1) / 2)
+        return from_model_space(model.codec.decode(latents.to(dtype)))
 
     def sample(self, composite: torch.Tensor, matte: torch.Tensor, features: list[torch.Tensor], steps: int,
                seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from relightful.config import from_dict
-from relightful.io import InputError, atomic_write_text, load_tensors, save_tensors
+from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
 from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
@@ -182,12 +182,7 @@ def read_model_meta(folder: str | Path) -> dict:
     path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise InputError(folder, "model folder not found")
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "not a relightful model folder (file missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"unreadable model config ({err})") from None
+    meta = read_json(path, missing="not a relightful model folder (file missing)")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
         raise InputError(path, f"not a relightful model config (format must be {FORMAT!r})")
     return meta

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from relightful.io import InputError, atomic_write_text, load_tensors, save_tensors
+from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
 
 LATEST = "latest"
 
@@ -119,19 +119,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, rank: int, world: int, optimizer_template: dict) -> tuple[int, dict, dict, dict]:
     """(step, trainable tensors, this rank's optimizer state, extra state) of a checkpoint folder."""
-    try:
-        meta = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path / "state.json", f"unreadable checkpoint state ({err})") from None
+    meta = read_json(path / "state.json")
     if meta.get("world") != world:
         raise InputError(path, f"written by {meta.get('world')} processes, resumed with {world}: resume with the "
                                "same number of processes")
     trainable = load_tensors(path / "trainable.safetensors")
-    opt_path = path / f"optimizer-rank{rank:05d}.json"
-    try:
-        skeleton = json.loads(opt_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(opt_path, f"unreadable optimizer state ({err})") from None
+    skeleton = read_json(path / f"optimizer-rank{rank:05d}.json")
     optimizer = decode_tree(skeleton, load_tensors(path / f"optimizer-rank{rank:05d}.safetensors"), optimizer_template)
     extra_tensors = load_tensors(path / "state.safetensors") if (path / "state.safetensors").is_file() else {}
     return meta["step"], trainable, optimizer, decode_tree(meta["tree"], extra_tensors)

@@ -24,17 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from relightful.io import InputError, load_tensors, save_tensors, srgb_encode
+from relightful.io import InputError, load_tensors, save_tensors
 from relightful.lighting import rotate_envmap
+from relightful.models.codecs import to_model_space
 
 MANIFEST = "manifest.parquet"
 ENVMAPS = "envmaps.safetensors"
 CACHE_VERSION = "1"
-
-
-def model_space(linear: torch.Tensor) -> torch.Tensor:
-    """Linear images -> sRGB-encoded, in [−1, 1]."""
-    return srgb_encode(linear.float()) * 2.0 - 1.0
 
 
 def read_manifest(pairs_dir: Path) -> pd.DataFrame:
@@ -67,10 +63,10 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
         if x_a.shape[-1] != size:
             x_a, x_b, y_b, m = (F.interpolate(t, size=(size, size), mode="area" if t.shape[-1] > size else "bilinear")
                                 for t in (x_a, x_b, y_b, m))
-        out["composite"].append(model.codec.encode(model_space(m * x_a + (1 - m) * y_b)))
-        out["target"].append(model.codec.encode(model_space(m * x_b + (1 - m) * y_b)))
+        out["composite"].append(model.codec.encode(to_model_space(m * x_a + (1 - m) * y_b)))
+        out["target"].append(model.codec.encode(to_model_space(m * x_b + (1 - m) * y_b)))
         out["matte"].append(model.matte_latent(m))
-        out["background"].append(model_space(y_b).half())
+        out["background"].append(to_model_space(y_b).half())
     cache = {k: torch.cat(v).cpu() for k, v in out.items()}
     if panoramas is not None:
         pano = []
@@ -85,7 +81,7 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
     """Encode every shard once (skipping those already cached); returns shard name -> cache file."""
     pairs_dir, cache_root = Path(pairs_dir), Path(cache_root)
     manifest = read_manifest(pairs_dir)
-    panoramas = load_tensors(pairs_dir / ENVMAPS) if (pairs_dir / ENVMAPS).is_file() else None
+    panoramas: dict | None = None  # the map store, read only if a shard needs encoding
     files = {}
     for name, rows in tqdm(list(manifest.groupby("shard", sort=True)), desc="latent cache", unit="shard",
                            disable=not progress):
@@ -94,6 +90,8 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
             raise InputError(shard_path, "shard listed in the manifest is missing")
         target = cache_root / f"{Path(name).stem}-{cache_key(shard_path, model.codec.identity, model.config.image_size)}.safetensors"
         if not target.is_file():
+            if panoramas is None and (pairs_dir / ENVMAPS).is_file():
+                panoramas = load_tensors(pairs_dir / ENVMAPS)
             rows = rows.sort_values("index")
             cache = encode_shard(load_tensors(shard_path), rows, model, panoramas)
             save_tensors(target, cache, metadata={"pair_ids": ",".join(rows.pair_id)})
@@ -115,8 +113,7 @@ class PairStream:
         if rows.empty:
             raise ValueError(f"no pairs in split {split!r}")
         self.shards = sorted(rows.shard.unique())
-        self.rows_by_shard = {s: (rows["index"][rows.shard == s].to_numpy(), rows.pair_id[rows.shard == s].to_numpy())
-                              for s in self.shards}
+        self.indices = {s: rows["index"][rows.shard == s].to_numpy() for s in self.shards}  # rows in each shard
         self.files = cache_files
         self.n = len(rows)
         self.micro_batch, self.grad_accum, self.world, self.rank = micro_batch, grad_accum, world, rank
@@ -130,7 +127,7 @@ class PairStream:
             shards = [self.shards[i] for i in rng.permutation(len(self.shards))]
             order = []
             for w in range(0, len(shards), self.window):
-                items = [(s, int(i)) for s in shards[w:w + self.window] for i in self.rows_by_shard[s][0]]
+                items = [(s, int(i)) for s in shards[w:w + self.window] for i in self.indices[s]]
                 order += [items[j] for j in rng.permutation(len(items))]
             self._epochs[epoch] = order
             while len(self._epochs) > 2:

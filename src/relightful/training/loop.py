@@ -24,7 +24,7 @@ from relightful.io import atomic_write_text
 from relightful.models import ModelConfig, RelightModel
 from relightful.training import checkpoint as ckpt
 from relightful.training.config import TrainConfig
-from relightful.training.data import PairStream, build_cache, read_manifest
+from relightful.training.data import ENVMAPS, PairStream, build_cache, read_manifest
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
 from relightful.training.objectives import StageObjective, set_trainable
@@ -99,7 +99,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     ds = config.deepspeed
     stream = PairStream(read_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world, rank,
                         config.seed, config.shuffle_window)
-    if stage == 2 and "panorama" not in stream.batch(0):
+    if stage == 2 and not (pairs_dir / ENVMAPS).is_file():
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
 
     engine, optimizer, scheduler = build_engine(objective, params, config, world)
