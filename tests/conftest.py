@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RELIGHTFUL_TRACKING", "0")  # jobs run by tests track only when a test asks (--track)
 
 from relightful.io import write_hdr  # noqa: E402
 from relightful.lighting import LedRig, latlong_directions  # noqa: E402

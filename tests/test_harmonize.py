@@ -230,28 +230,24 @@ def test_scheduler_config_in_model_folder(model_dir: Path, tmp_path: Path):
 
 
 def test_resolve_model_from_mlflow_registry(model_dir: Path, tmp_path: Path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("relightful-test", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
-    # mlflow 3's register_model("runs:/...") insists on an MLmodel file or a logged model; a plain artifact folder
-    # is registered as a model version whose source is the run's artifact URI.
-    client = mlflow.MlflowClient()
-    client.create_registered_model("relightful-test")
-    version = client.create_model_version("relightful-test", source=f"runs:/{run.info.run_id}/model",
-                                          run_id=run.info.run_id)
-    client.set_registered_model_alias("relightful-test", "champion", version.version)
+    pytest.importorskip("mlflow")
+    from relightful.tracking.registry import register_stage_model
+    from relightful.tracking.runs import RunTracker, make_client
 
-    folder = resolve_model("models:/relightful-test@champion")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # no mlflow globals: they would leak into other tests
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)                    # the embedded artifact store lands here
+    with RunTracker.start("test") as run:
+        version = register_stage_model(3, model_dir, run)
+    make_client(uri).set_registered_model_alias("relightful-stage3", "champion", version.version)
+
+    folder = resolve_model("models:/relightful-stage3@champion")
     assert (folder / "relightful.json").is_file()
     loaded, original = RelightModel.from_pretrained(folder), RelightModel.from_pretrained(model_dir)
     a, b = loaded.state_dict(), original.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resolve_model(f"runs:/{run.info.run_id}/model").joinpath("relightful.json").is_file()
+    assert resolve_model(f"runs:/{run.run_id}/model").joinpath("relightful.json").is_file()
     with pytest.raises(InputError, match="relightful-missing"):
         resolve_model("models:/relightful-missing@champion")
     assert resolve_model(str(model_dir)) == model_dir  # a folder is returned as is

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from relightful.augment_cli import add_augment_parsers
+from relightful.evaluation_cli import add_evaluate_parser
 from relightful.inference_cli import add_harmonize_parser
+from relightful.tracking_cli import add_tracking_parsers, add_train_tracking_options
 from relightful.io.errors import InputError
 
 log = logging.getLogger("relightful")
@@ -115,6 +117,7 @@ def cmd_train(args) -> None:
     from relightful.models import ModelConfig
     from relightful.training import TrainConfig, train_stage
     from relightful.training.loop import write_history
+    from relightful.tracking_cli import start_tracking, track_training
 
     def section(name: str) -> dict:
         return load_section(args.params, name, args.profile) if args.params else {}
@@ -128,6 +131,7 @@ def cmd_train(args) -> None:
         raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
     out = args.out or Path(f"models/stage{args.stage}")
     run_dir = args.run_dir or Path(f"runs/stage{args.stage}")
+    tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
     result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
                          progress=not args.quiet, samples_dir=args.samples)
     if result.model_dir is not None:
@@ -136,6 +140,8 @@ def cmd_train(args) -> None:
         last = result.history[-1] if result.history else {}
         print(f"train: stage {args.stage}, {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}, "
               f"{result.samples_per_s:.1f} samples/s -> {out}")
+        if tracking:
+            track_training(args, result, out, model_cfg, train_cfg)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -199,11 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=None, help="write the loss history (JSON list) here")
     p.add_argument("--samples", type=Path, default=None,
                    help="write validation grids (composite | model | target) here every validate_every steps")
+    add_train_tracking_options(p)
     _add_params(p)
     p.set_defaults(func=cmd_train)
 
     add_harmonize_parser(sub)
     add_augment_parsers(sub)
+    add_tracking_parsers(sub)
+    add_evaluate_parser(sub)
     return parser
 
 
@@ -212,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        status = args.func(args)  # None, or the exit status of a command that answers a question (retrain-check)
     except (InputError, JobFailed, ValueError) as err:
         print(f"relightful {args.command}: error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ listed below. The folder is the input format of `relightful augment` (augment/po
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from relightful.augment.config import NaturalStarterConfig
 from relightful.augment.matting import MattingUnavailable, compute_matte
 from relightful.augment.portraits import IMAGE_NAMES, MATTE_NAME
 from relightful.data.splits import stable_hash
+from relightful.io.digest import sha256_file
 from relightful.io import (HDR_SUFFIXES, InputError, atomic_write_text, auto_exposure, read_hdr, tonemap, write_ldr,
                            write_matte)
 from relightful.lighting import check_envmap, perspective_crop
@@ -64,10 +64,6 @@ def _skimage_data():
         raise NaturalStarterError("the natural starter set needs scikit-image, whose wheel carries the photos: "
                                   "pip install -c constraints.txt scikit-image") from None
     return skimage.__version__, skimage.data
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -134,17 +130,17 @@ def build_natural_starter(out_dir: str | Path = "data/raw/natural", config: Natu
         write_matte(folder / MATTE_NAME, matte)
         coverage = float((matte > 0.5).mean())
         entries.append({"file": f"portraits/{name}/image.png", "kind": "portrait", "source": f"{origin}.{name}()",
-                        **SKIMAGE_PORTRAITS[name], "sha256": _sha256(folder / "image.png")})
+                        **SKIMAGE_PORTRAITS[name], "sha256": sha256_file(folder / "image.png")})
         entries.append({"file": f"portraits/{name}/{MATTE_NAME}", "kind": "matte",
                         "source": f"relightful.augment.matting, method {config.matting!r}",
                         "description": f"alpha matte of the portrait; {coverage:.1%} of its pixels above 0.5",
                         "license": "derived from the portrait: same licence", "coverage": coverage,
-                        "sha256": _sha256(folder / MATTE_NAME)})
+                        "sha256": sha256_file(folder / MATTE_NAME)})
     for name in config.backgrounds:
         path = out_dir / "backgrounds" / f"{name}.png"
         _write_rgb(path, getattr(data, name)())
         entries.append({"file": f"backgrounds/{name}.png", "kind": "background", "source": f"{origin}.{name}()",
-                        **SKIMAGE_BACKGROUNDS[name], "sha256": _sha256(path)})
+                        **SKIMAGE_BACKGROUNDS[name], "sha256": sha256_file(path)})
     skipped = []
     if hdri_dir is not None:
         hdri_dir = Path(hdri_dir)
@@ -156,7 +152,7 @@ def build_natural_starter(out_dir: str | Path = "data/raw/natural", config: Natu
                 continue
             path = out_dir / "backgrounds" / f"{name}.png"
             _write_rgb(path, view)
-            entries.append({"file": f"backgrounds/{name}.png", "kind": "background", **entry, "sha256": _sha256(path)})
+            entries.append({"file": f"backgrounds/{name}.png", "kind": "background", **entry, "sha256": sha256_file(path)})
     _remove_stale(out_dir, {e["file"] for e in entries})
     sources = {"description": "natural portraits and background photos of the relightful starter set",
                "files": entries, "skipped": skipped}

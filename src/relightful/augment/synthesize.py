@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from relightful.augment.config import AugmentConfig
@@ -44,6 +43,7 @@ from relightful.augment.portraits import (Background, Portrait, load_background,
 from relightful.data.schema import NATURAL_PAIR_COLUMNS
 from relightful.data.splits import stable_hash
 from relightful.io import InputError, atomic_path, atomic_write_text, read_metadata
+from relightful.io.digest import folder_digest
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,6 @@ class AugmentResult:
 
 
 # --- fingerprints --------------------------------------------------------------------------------------------------
-
-def model_digest(folder: Path) -> str:
-    """sha256 over every file of a model folder (relative path and contents): the model a shard was made with."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
-
 
 SAMPLING_FALLBACK = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0}
 
@@ -108,41 +97,17 @@ def batch_seed(seed: int, shard: str, start: int) -> int:
 
 # --- relighting ----------------------------------------------------------------------------------------------------
 
-def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, C, n, n) -> (B, C, side, side), antialiased when shrinking (as the inference pipeline does)."""
-    if x.shape[-1] == side:
-        return x
-    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-
-
 class Relighter:
-    """Relights a batch of subjects to a batch of backgrounds with a `Harmonizer`'s model and sampler.
-
-    The same steps as `Harmonizer.__call__`, batched: composite m·P + (1−m)·B in linear light at the pair size,
-    downsampled to the model's size, sampled with two-scale guidance, decoded. When the pairs are larger than the
-    model's size, the model's relighting is carried to the photo as a smooth gain field (the pipeline's
-    `gain_field`), keeping the photo's detail; otherwise the generated pixels are used directly.
-    """
+    """Relights a batch of subjects to a batch of backgrounds (`Harmonizer.relight_batch`) with the sampling
+    settings of the augment config."""
 
     def __init__(self, harmonizer, config: AugmentConfig):
         self.h, self.config = harmonizer, config
 
-    @torch.inference_mode()
     def __call__(self, photo: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, seed: int) -> torch.Tensor:
-        from relightful.models.pipeline import gain_field
-
-        model, cfg = self.h.model, self.config
-        dev, side, size = self.h.device, model.config.image_size, photo.shape[-1]
-        photo, matte, background = photo.to(dev), matte.to(dev), background.to(dev)
-        composite = matte * photo + (1 - matte) * background
-        comp_s, m_s, bg_s = _resize(composite, side), _resize(matte, side).clamp(0, 1), _resize(background, side)
-        generated = self.h.generate(comp_s, m_s, bg_s, cfg.steps, seed, cfg.image_guidance, cfg.lighting_guidance)
-        if size > side:
-            gain = gain_field(generated, comp_s, m_s, self.h.gain_sigma, self.h.gain_eps)
-            relit = photo * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
-        else:
-            relit = _resize(generated, size)
-        return relit.float().cpu()
+        cfg = self.config
+        return self.h.relight_batch(photo, matte, background, seed, cfg.steps, cfg.image_guidance,
+                                    cfg.lighting_guidance)
 
 
 def load_relighter(model_folder: Path, config: AugmentConfig) -> Relighter:
@@ -273,7 +238,7 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
     plan = plan_natural_pairs(list(by_id), list(bg_by_id), config.pairs_per_portrait, config.pairs_per_shard,
                               config.split_fractions, config.seed)
     plan["matte_source"] = plan.subject_id.map(lambda p: by_id[p].matte_source)
-    model_id = model_digest(model_dir)
+    model_id = folder_digest(model_dir)
     plan["model"] = model_id[:16]
     for key in ("steps", "image_guidance", "lighting_guidance"):
         plan[key] = getattr(config, key)
@@ -322,4 +287,4 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
     return AugmentResult(manifest, failed, failed_bg, rendered, kept)
 
 
-__all__ = ["AugmentResult", "Relighter", "augment_pairs", "model_digest", "pair_statistics", "shard_fingerprint"]
+__all__ = ["AugmentResult", "Relighter", "augment_pairs", "pair_statistics", "shard_fingerprint"]

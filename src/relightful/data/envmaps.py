@@ -11,7 +11,6 @@ One bad file never stops the others: it gets a manifest row with its reason and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from relightful.io.digest import sha256_file
 from relightful.io import HDR_SUFFIXES, InputError, atomic_path, atomic_write_text, load_tensors, read_hdr, save_tensors
 from relightful.lighting import LedRig, envmap_to_led_weights, latlong_solid_angles, resize_envmap
 from relightful.data.schema import ENVMAP_COLUMNS
@@ -47,14 +47,6 @@ class IngestedMap:
     map_id: str
     envmap: np.ndarray   # (H, 2H, 3) float32
     weights: np.ndarray  # (N, 3) float64
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def normalise_envmap(raw: np.ndarray, path: Path, config: IngestConfig) -> tuple[np.ndarray, float, float]:

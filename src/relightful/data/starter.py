@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from relightful.io import InputError, atomic_write_text, write_hdr
+from relightful.io.digest import sha256_file
 from relightful.lighting.envmap import latlong_solid_angles
 from relightful.lighting.sky import random_sky_params, sky_envmap
 
@@ -254,14 +254,6 @@ def fetch_blender_data(cache_dir: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- writing
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def record_sources(out_dir: str | Path, entries: Iterable[dict]) -> Path:
     """Merge entries (keyed by their "file") into ``out_dir/SOURCES.json``, atomically; returns its path."""

@@ -15,7 +15,8 @@ DESIGN 3.5/3.7. The steps, and why each is the way it is:
    upscaled (that would blur the portrait): a smooth per-pixel gain (relit / original foreground, linear, matte-
    weighted Gaussian averages with a small ε) is computed at the model's resolution, upsampled bilinearly and
    multiplied into the full-resolution linear foreground, which keeps every pore and hair of the input. Inputs
-   at or below the model's resolution take the generated pixels directly.
+   at or below the model's resolution take the generated pixels directly, unless the model folder's sampling
+   sets `detail_sigma`: then the gain (of that σ) is used at every size.
 5. `out = m·relit + (1−m)·bg` in linear light, encoded to 8-bit sRGB; wherever the matte is 0 the output is the
    cover-resized background byte for byte.
 """
@@ -197,6 +198,7 @@ class Harmonizer:
         self.model = model.eval()
         # sampler steps and guidance scales used when a call leaves them out: the model folder's "sampling"
         self.defaults = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0, **(defaults or {})}
+        self.detail_sigma = self.defaults.get("detail_sigma")  # see training.config.SamplingConfig
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
         self.gain_sigma = gain_sigma
@@ -223,6 +225,10 @@ class Harmonizer:
             scheduler = default_scheduler(net, {k: config[k] for k in TRAINING_NOISE if k in config})
         kwargs.setdefault("defaults", read_model_meta(folder).get("sampling"))
         return cls(net, scheduler, **kwargs)
+
+    @property
+    def _sigma(self) -> float:
+        return self.gain_sigma if self.detail_sigma is None else float(self.detail_sigma)
 
     @property
     def device(self) -> torch.device:
@@ -258,14 +264,37 @@ class Harmonizer:
         comp_s, m_s, bg_s = _resize(composite, size), _resize(m_canvas, size).clamp(0, 1), _resize(canvas_lin, size)
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
 
-        if uses_gain_field((height, width), size):
-            gain = gain_field(generated, comp_s, m_s, self.gain_sigma, self.gain_eps)
+        if uses_gain_field((height, width), size) or self.detail_sigma is not None:
+            gain = gain_field(generated, comp_s, m_s, self._sigma, self.gain_eps)
             relit = fg_lin * _sample_window(gain, side, top, left, height, width)
         else:
             relit = _resize(generated, side)[..., top:top + height, left:left + width]
         out = m_t * relit + (1 - m_t) * bg_lin
         out8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
         return np.where((m == 0)[..., None], bg_full8, out8)
+
+    @torch.inference_mode()
+    def relight_batch(self, fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor, seed: int,
+                      steps: int | None = None, image_guidance: float | None = None,
+                      lighting_guidance: float | None = None) -> torch.Tensor:
+        """The tensor counterpart of `__call__` for batches of squares: fg, bg (B, 3, S, S) linear, matte
+        (B, 1, S, S) -> the relit foreground layer (B, 3, S, S), linear float32 on the CPU (to be composited
+        `m·relit + (1−m)·bg`). Above the model's size the relighting is carried over as a gain field, as in
+        `__call__`; otherwise the generated pixels are resized to S."""
+        steps = self.defaults["steps"] if steps is None else steps
+        image_guidance = self.defaults["image_guidance"] if image_guidance is None else image_guidance
+        lighting_guidance = self.defaults["lighting_guidance"] if lighting_guidance is None else lighting_guidance
+        dev, side, size = self.device, self.model.config.image_size, fg.shape[-1]
+        fg, matte, bg = fg.to(dev).float(), matte.to(dev).float(), bg.to(dev).float()
+        composite = matte * fg + (1 - matte) * bg
+        comp_s, m_s, bg_s = _resize(composite, side), _resize(matte, side).clamp(0, 1), _resize(bg, side)
+        generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance)
+        if size > side or self.detail_sigma is not None:
+            gain = gain_field(generated, comp_s, m_s, self._sigma, self.gain_eps)
+            relit = fg * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
+        else:
+            relit = _resize(generated, size)
+        return relit.float().cpu()
 
     def generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
                  seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:

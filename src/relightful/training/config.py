@@ -31,6 +31,11 @@ class SamplingConfig:
     steps: int = 20
     image_guidance: float = 1.5
     lighting_guidance: float = 3.0
+    # None: at or below the model's size the generated pixels are the output. A number: the output is always the
+    # input foreground times the model's relighting gain, smoothed by a Gaussian of this σ (model pixels): the
+    # input's detail is kept wherever a small model's own pixels are noisy (above the model's size that is always
+    # done, with σ = 1 unless set here).
+    detail_sigma: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""`relightful evaluate`: the model against the baselines on the held-out pairs, with the report a person reads.
+Kept apart from cli.py (as the other job groups are); cli.py registers it with `add_evaluate_parser(sub)`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from relightful import cli
+    from relightful.evaluation import EvalConfig, evaluate_model
+    from relightful.tracking_cli import start_tracking
+
+    cfg = cli._config(EvalConfig, args, "evaluate")
+    tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
+    natural = args.natural_pairs if args.natural_pairs and (args.natural_pairs / "manifest.parquet").is_file() else None
+    if args.natural_pairs and natural is None:
+        raise cli.JobFailed(f"{args.natural_pairs / 'manifest.parquet'}: natural pair manifest not found")
+    metrics = evaluate_model(args.model, args.pairs, args.out, cfg, natural, args.subjects, progress=not args.quiet)
+    for scenario in ("lightstage", "natural"):
+        block = metrics.get(scenario)
+        if block is None:
+            continue
+        print(f"evaluate {scenario}: {block['n_pairs']} {cfg.split} pairs")
+        for method, values in block["methods"].items():
+            shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("fg_psnr", "fg_ssim", "psnr", "ssim")
+                              if values.get(k) is not None)
+            err = values.get("light_dir_err_deg")
+            print(f"  {method:<10} {shown}" + ("" if err is None else f", light dir err {err:.1f}°"))
+    print(metrics["quality_bar"]["statement"])
+    if not metrics["lpips"]["computed"]:
+        print(f"LPIPS not computed: {metrics['lpips']['reason']}")
+    print(f"evaluate: report -> {args.out}/report.html, metrics -> {args.out}/metrics.json")
+    if tracking:
+        _track(args.model, metrics, args.out)
+    if args.require_quality_bar and not metrics["quality_bar"]["passed"]:
+        raise cli.JobFailed("the quality bar is not met (--require-quality-bar)")
+
+
+def _track(model, metrics: dict, out: Path) -> None:
+    from relightful import cli
+    from relightful.tracking.jobs import log_evaluation
+    from relightful.tracking.runs import TrackingError
+
+    try:
+        run_id, version = log_evaluation(model, metrics, out)
+    except TrackingError as err:
+        raise cli.JobFailed(f"{err}; the report in {out} is written, but not tracked") from None
+    print(f"evaluate: logged to run {run_id}" + (f" of {version}" if version else " (the model is not registered)"))
+
+
+def add_evaluate_parser(sub) -> None:
+    from relightful import cli
+
+    p = sub.add_parser("evaluate", help="score the model and the baselines on the test pairs; write the report")
+    p.add_argument("--model", default="models/stage3", help="model folder or MLflow URI")
+    p.add_argument("--pairs", type=Path, default=Path("data/pairs"), help="light-stage pair shards + manifest")
+    p.add_argument("--natural-pairs", type=Path, default=None, help="natural (stage-3) pair shards + manifest")
+    p.add_argument("--subjects", type=Path, default=None,
+                   help="the light stage's OLAT subjects folder: enables the oracle relight (upper bound)")
+    p.add_argument("--out", type=Path, default=Path("reports/eval"))
+    p.add_argument("--require-quality-bar", action="store_true",
+                   help="exit 1 unless the model beats paste and Reinhard on light-stage fg PSNR and SSIM")
+    p.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
+                   help="log the metrics and report to the run that registered the model (default: on when mlflow "
+                        "is installed and RELIGHTFUL_TRACKING is not 0)")
+    cli._add_params(p)
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,97 @@
+"""What each job sends to MLflow, so that the command line stays free of MLflow calls and the training library
+never imports mlflow: the CLI trains, then hands the result here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from relightful.tracking.lineage import data_version, git_commit
+from relightful.tracking.registry import RegisteredVersion, register_stage_model
+from relightful.tracking.runs import RunTracker, make_client, tracking_errors, tracking_uri
+
+
+def check_tracking(uri: str | None = None) -> str:
+    """Reach the tracking store and make sure the experiment exists, before a long job starts; returns the URI.
+    Raises `TrackingError` naming the URI when the store cannot be used."""
+    from relightful.tracking.runs import EXPERIMENT, ensure_experiment
+
+    uri = uri or tracking_uri()
+    client = make_client(uri)
+    with tracking_errors(uri, "the tracking store cannot be reached"):
+        ensure_experiment(client, EXPERIMENT, uri)
+    return uri
+
+
+def log_training(stage: int, model_dir: str | Path, history: list[Mapping[str, float]], params: Mapping[str, Any],
+                 pairs_dir: str | Path, lock_path: str | Path = "dvc.lock", samples_dir: str | Path | None = None,
+                 metrics_file: str | Path | None = None, uri: str | None = None) -> RegisteredVersion:
+    """One run `train-stage{N}`: params (flattened), the loss history per step, the sample grids and the metrics
+    file as artifacts, and the model folder registered as a version of `relightful-stage{N}` tagged with the data
+    version of `pairs_dir` and the git commit. Raises `TrackingError` (naming the URI) when anything fails; the
+    run is then marked FAILED when the store still answers."""
+    lineage = {**data_version(pairs_dir, lock_path).tags(), "git_commit": git_commit(), "stage": str(stage)}
+    with RunTracker.start(f"train-stage{stage}", tags=lineage, uri=uri) as run:
+        run.log_params({"stage": stage, "pairs": str(pairs_dir), **params})
+        run.log_metrics(list(history))
+        if samples_dir is not None and Path(samples_dir).is_dir():
+            run.log_artifact(samples_dir, "samples")
+        if metrics_file is not None and Path(metrics_file).is_file():
+            run.log_artifact(metrics_file, "metrics")
+        return register_stage_model(stage, model_dir, run, lineage)
+
+
+def _candidate_version(client, model: str):
+    """The registered version `model` refers to: an MLflow `models:/name/N` or `models:/name@alias` URI, or a
+    local folder found by its digest among the stage models; None when it was never registered."""
+    from relightful.tracking.models import is_model_uri
+    from relightful.tracking.registry import find_version_of_folder, stage_model_name
+
+    if is_model_uri(model):
+        if not model.startswith("models:/"):
+            return None
+        name, _, ref = model[len("models:/"):].partition("@")
+        if ref:
+            return client.get_model_version_by_alias(name, ref)
+        name, _, number = name.partition("/")
+        return client.get_model_version(name, number)
+    return find_version_of_folder(client, model, [stage_model_name(s) for s in (3, 2, 1)])
+
+
+def log_evaluation(model: str | Path, metrics: Mapping[str, Any], report_dir: str | Path,
+                   uri: str | None = None) -> tuple[str, str | None]:
+    """Evaluation logs to the candidate's run (DESIGN 3.8): the run that registered `model` (folder or URI) gets
+    the metrics as `eval.<scenario>.<method>.<metric>` and the report under `eval/`, and its version the tags
+    `eval.fg_psnr`, `eval.fg_ssim` and `eval.quality_bar`. An unregistered model gets a run `evaluate` of its own.
+    Returns (run id, "models:/name/N" or None). Raises `TrackingError` naming the URI."""
+    from relightful.io.digest import folder_digest
+
+    uri = uri or tracking_uri()
+    client = make_client(uri)
+    with tracking_errors(uri, f"cannot look up the registered version of {model}"):
+        version = _candidate_version(client, str(model))
+    row = {"step": 0}
+    for scenario in ("lightstage", "natural"):
+        for method, values in (metrics.get(scenario) or {}).get("methods", {}).items():
+            row.update({f"eval.{scenario}.{method}.{k}": v for k, v in values.items() if v is not None})
+    if version is None:
+        tags = {"model_digest": folder_digest(model)} if Path(str(model)).is_dir() else {}
+        run = RunTracker.start("evaluate", tags={"model": str(model), **tags}, uri=uri)
+    else:
+        run = RunTracker.attach(version.run_id, uri=uri)
+    run.log_metrics([row])
+    run.log_artifact(report_dir, "eval")
+    if version is None:
+        run.end()
+        return run.run_id, None
+    model_scores = (metrics.get("lightstage") or {}).get("methods", {}).get("model", {})
+    tags = {f"eval.{k}": str(model_scores[k]) for k in ("fg_psnr", "fg_ssim") if model_scores.get(k) is not None}
+    tags["eval.quality_bar"] = str(metrics["quality_bar"]["passed"])
+    with tracking_errors(uri, f"cannot tag {version.name} version {version.version}"):
+        for k, v in tags.items():
+            client.set_model_version_tag(version.name, version.version, k, v)
+    return version.run_id, f"models:/{version.name}/{version.version}"
+
+
+__all__ = ["check_tracking", "log_evaluation", "log_training"]
