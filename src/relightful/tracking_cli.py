@@ -120,6 +120,12 @@ def cmd_promote(args: argparse.Namespace) -> None:
     except (TrackingError, PromotionError) as err:
         raise _cli().JobFailed(str(err)) from None
     print(result.message())
+    if args.report is not None:
+        import json
+
+        from relightful.io import atomic_write_text
+
+        atomic_write_text(args.report, json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
 
 
 def add_tracking_parsers(subparsers) -> None:
@@ -148,6 +154,7 @@ def add_tracking_parsers(subparsers) -> None:
     p.add_argument("--version", default=None, help="the candidate version (default: the latest version)")
     p.add_argument("--pairs", type=Path, default=Path("data/pairs"),
                    help="pairs whose held-out split both models are scored on")
+    p.add_argument("--report", type=Path, default=None, help="also write the decision and both metric sets here (JSON)")
     _cli()._add_params(p)
     p.set_defaults(func=cmd_promote)
 
