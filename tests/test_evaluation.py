@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,22 @@ def test_evaluate_logs_to_the_run_that_registered_the_model(rendered_pairs: Path
     assert "eval/metrics.json" in {f.path for f in client.list_artifacts(version.run_id, "eval")}
     tags = client.get_model_version("relightful-stage3", version.version).tags
     assert tags["eval.quality_bar"] == str(saved["quality_bar"]["passed"])
+
+
+def test_a_corrupt_shard_is_named_and_the_others_are_still_scored(rendered_pairs: Path, model_dir: Path,
+                                                                   tmp_path: Path, capsys):
+    from relightful.cli import main
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(rendered_pairs, pairs)
+    train = pd.read_parquet(pairs / "manifest.parquet").query("split == 'train'")
+    bad = sorted(train.shard.unique())[0]
+    (pairs / bad).write_bytes(b"not a safetensors file")
+    code = main(["evaluate", "--model", str(model_dir), "--pairs", str(pairs), "--out", str(tmp_path / "eval"),
+                 "--quiet", "--set", "split=train", "--set", "max_pairs=12", "--set", "n_visual=0"])
+    assert code == 1 and bad in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    block = metrics["lightstage"]
+    assert list(block["skipped_shards"]) == [str(pairs / bad)]
+    kept = train[train.shard != bad]
+    assert 0 < block["n_pairs"] < 12 and set(pd.read_csv(tmp_path / "eval" / "per_pair.csv").pair_id) <= set(kept.pair_id)

@@ -34,6 +34,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"evaluate: report -> {args.out}/report.html, metrics -> {args.out}/metrics.json")
     if tracking:
         _track(args.model, metrics, args.out)
+    skipped = {f: e for scenario in ("lightstage", "natural") for f, e in
+               (metrics.get(scenario) or {}).get("skipped_shards", {}).items()}
+    if skipped:
+        raise cli.JobFailed(f"{len(skipped)} shard(s) could not be read and were left out of the report: "
+                            + "; ".join(skipped.values()))
     if args.require_quality_bar and not metrics["quality_bar"]["passed"]:
         raise cli.JobFailed("the quality bar is not met (--require-quality-bar)")
 

@@ -12,6 +12,7 @@ only, when the raw OLAT sets are given).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class ScenarioResult:
     per_pair: pd.DataFrame                                      # one row per (pair, method)
     visual: list[dict[str, np.ndarray]] = field(default_factory=list)  # per shown pair: column -> (H, W, 3) uint8
     n_pairs: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)     # unreadable shard -> why (its pairs are not scored)
 
 
 def select_pairs(pairs_dir: Path, split: str, max_pairs: int) -> pd.DataFrame:
@@ -54,18 +56,32 @@ def select_pairs(pairs_dir: Path, split: str, max_pairs: int) -> pd.DataFrame:
     return rows
 
 
-def iter_batches(pairs_dir: Path, rows: pd.DataFrame, batch: int, with_weights: bool):
-    """(rows, tensors) per batch, float32 linear images; each shard file is read once."""
+def _read_shard(path: Path, group: pd.DataFrame, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    tensors = load_tensors(path)
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise InputError(path, f"shard lacks {missing}")
+    n = len(tensors["matte"])
+    if group["index"].max() >= n:
+        raise InputError(path, f"manifest refers to pair {group['index'].max()} but the shard holds {n}")
+    return tensors
+
+
+def iter_batches(pairs_dir: Path, rows: pd.DataFrame, batch: int, with_weights: bool,
+                 skipped: dict[str, str] | None = None):
+    """(rows, tensors) per batch, float32 linear images; each shard file is read once. An unreadable shard is
+    recorded in `skipped` (when given; else it raises `InputError`) and the other shards go on."""
+    keys = IMAGE_KEYS + (("w_b",) if with_weights else ())
     for shard, group in rows.groupby("shard", sort=False):
         path = pairs_dir / shard
-        tensors = load_tensors(path)
-        keys = IMAGE_KEYS + (("w_b",) if with_weights else ())
-        missing = [k for k in keys if k not in tensors]
-        if missing:
-            raise InputError(path, f"shard lacks {missing}")
-        n = len(tensors["matte"])
-        if group["index"].max() >= n:
-            raise InputError(path, f"manifest refers to pair {group['index'].max()} but the shard holds {n}")
+        try:
+            tensors = _read_shard(path, group, keys)
+        except InputError as err:
+            if skipped is None:
+                raise
+            log.warning("skipping %s", err)
+            skipped[str(path)] = str(err)
+            continue
         for start in range(0, len(group), batch):
             part = group.iloc[start:start + batch]
             idx = torch.tensor(part["index"].to_numpy(dtype=np.int64))
@@ -134,15 +150,16 @@ def evaluate_scenario(evaluator: Evaluator, pairs_dir: str | Path, with_weights:
     rows = select_pairs(pairs_dir, cfg.split, cfg.max_pairs)
     if rows.empty:
         return ScenarioResult(pd.DataFrame(), [], 0)
-    frames, visual = [], []
+    frames, visual, skipped = [], [], {}
     bar = tqdm(total=len(rows), desc=desc, unit="pair", disable=not progress, leave=False)
-    for b, (part, tensors) in enumerate(iter_batches(pairs_dir, rows, cfg.batch, with_weights)):
+    for b, (part, tensors) in enumerate(iter_batches(pairs_dir, rows, cfg.batch, with_weights, skipped)):
         frame, shown = evaluator.score(part, tensors, cfg.seed + b, keep_visual=cfg.n_visual - len(visual))
         frames.append(frame)
         visual += shown
         bar.update(len(part))
     bar.close()
-    return ScenarioResult(pd.concat(frames, ignore_index=True), visual, len(rows))
+    per_pair = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return ScenarioResult(per_pair, visual, per_pair.pair_id.nunique() if frames else 0, skipped)
 
 
 def summarise(per_pair: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -211,8 +228,9 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
         result = evaluate_scenario(evaluator, pairs_dir, with_weights=weights and oracle is not None,
                                    progress=progress, desc=f"evaluate {name}")
         summary = summarise(result.per_pair)
-        metrics[name] = {"n_pairs": result.n_pairs, "methods": summary, "margins": margins(summary)}
-        if result.n_pairs == 0:
+        metrics[name] = {"n_pairs": result.n_pairs, "methods": summary, "margins": margins(summary),
+                         "skipped_shards": result.skipped}
+        if result.n_pairs == 0 and not result.skipped:
             metrics[name]["note"] = (f"no {config.split!r} pairs in {pairs_dir}: every subject/portrait is in another "
                                      f"split (add more to get a {config.split} split)")
         if not result.per_pair.empty:
@@ -243,10 +261,13 @@ def holdout_scores(model: str | Path, pairs_dir: str | Path, split: str = "test"
     from relightful.models.pipeline import Harmonizer
 
     base = config or EvalConfig()
-    cfg = EvalConfig(**{**base.__dict__, "split": split, "max_pairs": max_pairs, "seed": seed, "n_visual": 0})
+    cfg = dataclasses.replace(base, split=split, max_pairs=max_pairs, seed=seed, n_visual=0)
     evaluator = Evaluator(Harmonizer.from_pretrained(model, device=_device(cfg.device)), cfg, load_lpips(cfg)[0],
                           baselines=False)
     result = evaluate_scenario(evaluator, pairs_dir)
+    if result.skipped:  # a gate must compare on the full held-out set, never on what happened to be readable
+        path, why = next(iter(result.skipped.items()))
+        raise InputError(path, why)
     if result.per_pair.empty:
         raise InputError(Path(pairs_dir) / MANIFEST, f"no {split!r} pairs to score the model on")
     return {k: v for k, v in summarise(result.per_pair)["model"].items() if v is not None}
