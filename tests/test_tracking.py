@@ -432,6 +432,17 @@ def test_promotion_sets_challenger_when_not_better_by_the_margin(tmp_path, sqlit
         assert client.get_model_version("relightful-stage3", v).tags["promotion.decision"] == "challenger"
 
 
+def test_promotion_on_an_error_metric_wants_it_lower(tmp_path, sqlite_uri):
+    """fg_psnr 20 -> 21 means a larger "error" under metric fg_ssim read as lower-is-better: not promoted."""
+    v1, v2 = register_fakes(tmp_path, sqlite_uri, 3, [20.0, 21.0])
+    lower = PromoteConfig(metric="fg_ssim", margin=0.001, higher_is_better=False)
+    promote("relightful-stage3", quality_scorer(), lower, version=v1)
+    r = promote("relightful-stage3", quality_scorer(), lower, version=v2)
+    assert (r.decision, r.champion_after) == ("challenger", v1) and "lower is better" in r.reason
+    v3, = register_fakes(tmp_path / "more", sqlite_uri, 3, [19.0])
+    assert promote("relightful-stage3", quality_scorer(), lower, version=v3).decision == "champion"
+
+
 def test_promotion_rerun_changes_nothing(tmp_path, sqlite_uri):
     v1, v2 = register_fakes(tmp_path, sqlite_uri, 3, [20.0, 19.0])
     promote("relightful-stage3", quality_scorer(), CFG, version=v1)

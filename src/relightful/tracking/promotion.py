@@ -41,6 +41,7 @@ class PromoteConfig:
     split: str = "test"
     max_pairs: int = 64
     seed: int = 0
+    higher_is_better: bool = True  # false for errors (fg_mse, light_dir_err_deg, lpips)
 
 
 class PromotionError(RuntimeError):
@@ -121,8 +122,11 @@ def _promote(client, uri, name, score, config, version, max_rounds) -> Promotion
         wins, reason = False, f"older than champion {champ} (champions only move to newer versions)"
     else:
         m, c = scores[config.metric], champ_scores[config.metric]
-        wins = m > c + config.margin
-        reason = f"{config.metric} {m:.4f} {'>' if wins else '<='} champion {c:.4f} + margin {config.margin}"
+        lead = m - c if config.higher_is_better else c - m
+        wins = lead > config.margin
+        better = "higher" if config.higher_is_better else "lower"
+        reason = (f"{config.metric} {m:.4f} vs champion {c:.4f}: {lead:+.4f} {'>' if wins else '<='} margin "
+                  f"{config.margin} ({better} is better)")
     decision = CHAMPION if wins else CHALLENGER
     record = {DECISION: decision, DECIDED_AT: f"{started:.3f}", PREFIX + "reason": reason,
               **{f"{PREFIX}metrics.{k}": repr(float(v)) for k, v in scores.items()},
