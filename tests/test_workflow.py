@@ -37,7 +37,11 @@ def workspace(tmp_path_factory) -> tuple[Path, dict]:
             shutil.copy2(REPO / name, root / name)
     params = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params.replace("\nprofile: tiny\n", "\nprofile: smoke\n", 1))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RELIGHTFUL_", "DVC_"))}
+    # not this process's settings: its tracking switches, nor the process-group address an in-process training
+    # test left in os.environ (the stages would try to listen on the port this process still holds)
+    launcher = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "RELIGHTFUL_", "DVC_")) and k not in launcher}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
     _run(["git", "init", "-q"], root, env)
