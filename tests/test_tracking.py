@@ -643,3 +643,26 @@ def test_dvc_push_pull_through_s3_and_lock_lineage(aws, rendered_pairs, tmp_path
     assert (v.value, v.source) == (recorded, "dvc.lock")
     drop_a_row(pairs)  # changed outside DVC: the lock no longer describes it
     assert data_version(pairs, repo / "dvc.lock").source == "manifest"
+
+
+def test_data_jobs_log_a_run_with_their_config_and_reports(workspace, sqlite_uri, monkeypatch):
+    """Every job logs a run: ingest-hdr and render-pairs record their params block, report and its numbers."""
+    monkeypatch.chdir(workspace["root"])
+    rig = str(workspace["rig"])
+    assert main(["ingest-hdr", "--input", str(workspace["hdri"]), "--output", str(workspace["envmaps"]), "--rig", rig,
+                 "--quiet", "--track", "--set", "height=16"]) == 0
+    assert main(["render-pairs", "--subjects", str(workspace["subjects"]), "--rig", rig, "--envmaps",
+                 str(workspace["envmaps"]), "--out", str(workspace["pairs"]), "--quiet", "--track", "--set", "size=16",
+                 "--set", "weights_height=8", "--set", "panorama_height=8", "--set", "plan.pairs_per_subject=4"]) == 0
+    assert main(["ingest-hdr", "--input", str(workspace["hdri"]), "--output", str(workspace["envmaps"]), "--rig", rig,
+                 "--quiet", "--no-track", "--set", "height=16"]) == 0  # not logged
+    client = make_client(sqlite_uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("relightful").experiment_id])}
+    assert sorted(runs) == ["ingest-hdr", "render-pairs"]
+    render = runs["render-pairs"]
+    assert render.data.params["render.size"] == "16" and render.data.params["out"] == str(workspace["pairs"])
+    n_pairs = json.loads((workspace["pairs"] / "report.json").read_text())["n_pairs"]
+    assert render.data.metrics["n_pairs"] == n_pairs > 0
+    assert [f.path for f in client.list_artifacts(render.info.run_id, "reports")] == ["reports/report.json"]
+    assert runs["ingest-hdr"].data.params["envmaps.height"] == "16"

@@ -22,6 +22,12 @@ from relightful.io.errors import InputError
 log = logging.getLogger("relightful")
 
 
+# Jobs tracked here, after they succeed, as one MLflow run each (config, output reports, their numbers); training
+# and evaluation log richer runs of their own.
+DATA_JOBS = ("starter-data", "synthetic-stage", "ingest-hdr", "render-pairs", "validate-data", "natural-starter",
+             "augment")
+
+
 class JobFailed(RuntimeError):
     """A job ran but could not do all of its work (the message says what)."""
 
@@ -32,12 +38,17 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set plan.seed=3 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
+                   help="log this job as an MLflow run (default: on when mlflow is installed and RELIGHTFUL_TRACKING "
+                        "is not 0; URI from MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
 
 
 def _config(cls, args, section: str):
     from relightful.config import load_config
 
-    return load_config(cls, args.params, section, args.overrides, args.profile)
+    cfg = load_config(cls, args.params, section, args.overrides, args.profile)
+    args.job_config = (section, cfg)  # what the job ran with, for its MLflow run
+    return cfg
 
 
 # --- jobs --------------------------------------------------------------------------------------------------------
@@ -222,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         status = args.func(args)  # None, or the exit status of a command that answers a question (retrain-check)
+        if args.command in DATA_JOBS:
+            from relightful.tracking_cli import track_job
+
+            track_job(args)
     except (InputError, JobFailed, ValueError) as err:
         print(f"relightful {args.command}: error: {err}", file=sys.stderr)
         return 1

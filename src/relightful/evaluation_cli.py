@@ -67,8 +67,5 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/eval"))
     p.add_argument("--require-quality-bar", action="store_true",
                    help="exit 1 unless the model beats paste and Reinhard on light-stage fg PSNR and SSIM")
-    p.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
-                   help="log the metrics and report to the run that registered the model (default: on when mlflow "
-                        "is installed and RELIGHTFUL_TRACKING is not 0)")
     cli._add_params(p)
     p.set_defaults(func=cmd_evaluate)

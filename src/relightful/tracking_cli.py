@@ -27,11 +27,7 @@ def _cli():
 # --- training --------------------------------------------------------------------------------------------------
 
 def add_train_tracking_options(p: argparse.ArgumentParser) -> None:
-    """`--track/--no-track` and `--lock` for `relightful train`."""
-    p.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
-                   help="log the run to MLflow and register the model as relightful-stageN (default: on when mlflow "
-                        "is installed and RELIGHTFUL_TRACKING is not 0; URI from MLFLOW_TRACKING_URI, else "
-                        "sqlite:///mlflow.db here)")
+    """`--lock` for `relightful train` (its `--track` comes with every job's options)."""
     p.add_argument("--lock", type=Path, default=Path("dvc.lock"),
                    help="dvc.lock to read the data version of --pairs from (tagged on the model version)")
 
@@ -78,6 +74,49 @@ def track_training(args: argparse.Namespace, result, out: Path, model_cfg, train
     except TrackingError as err:
         raise _cli().JobFailed(f"{err}; the model folder {out} is written, but not tracked") from None
     print(f"train: registered {version.uri} (run {version.run_id})")
+
+
+# --- data jobs ---------------------------------------------------------------------------------------------------
+
+_OUTPUT_OPTIONS = ("out", "output", "report")  # where each data job writes (a folder, or validate-data's report)
+
+
+def _job_outputs(args: argparse.Namespace) -> list[Path]:
+    """The report files a data job wrote: `report.json` in its output folder, or its report files."""
+    found = []
+    for name in _OUTPUT_OPTIONS:
+        path = getattr(args, name, None)
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir() and (path / "report.json").is_file():
+            found.append(path / "report.json")
+        elif path.is_file():
+            found += [p for p in (path, path.with_suffix(".md")) if p.is_file()]
+    return found
+
+
+def track_job(args: argparse.Namespace) -> None:
+    """After a data job succeeded: one MLflow run named after the command, with its config and paths as params,
+    its reports as artifacts and their top-level numbers as metrics."""
+    if not tracking_enabled(getattr(args, "track", None)):
+        return
+    from relightful.tracking.jobs import log_job
+    from relightful.tracking.runs import TrackingError
+
+    params: dict = {k: str(getattr(args, k)) for k in ("input", "output", "out", "subjects", "envmaps", "pairs",
+                                                        "portraits", "backgrounds", "model", "hdri", "rig", "report")
+                    if getattr(args, k, None) is not None}
+    if hasattr(args, "job_config"):
+        section, cfg = args.job_config
+        params[section] = dataclasses.asdict(cfg)
+    try:
+        run_id = log_job(args.command, params, _job_outputs(args))
+    except TrackingError as err:
+        raise _cli().JobFailed(f"{err}; the job's outputs are written, but not tracked (--no-track or "
+                               f"RELIGHTFUL_TRACKING=0 to skip tracking)") from None
+    if not getattr(args, "quiet", False):
+        print(f"{args.command}: logged to MLflow run {run_id}")
 
 
 # --- retrain-check ---------------------------------------------------------------------------------------------

@@ -42,6 +42,31 @@ def log_training(stage: int, model_dir: str | Path, history: list[Mapping[str, f
         return register_stage_model(stage, model_dir, run, lineage)
 
 
+def log_job(command: str, params: Mapping[str, Any], reports: list[Path], uri: str | None = None) -> str:
+    """One run named `command` (a data job): params flattened, each report file as an artifact under `reports/`,
+    and the numbers at the top level of JSON reports (`n_pairs`, ...) as metrics. Returns the run id; raises
+    `TrackingError` naming the URI."""
+    import json
+
+    metrics: dict[str, float] = {}
+    for path in reports:
+        if path.suffix == ".json":
+            try:
+                content = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(content, dict):
+                metrics.update({k: v for k, v in content.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    with RunTracker.start(command, tags={"job": command, "git_commit": git_commit()}, uri=uri) as run:
+        run.log_params(params)
+        if metrics:
+            run.log_metrics([{"step": 0, **metrics}])
+        for path in reports:
+            run.log_artifact(path, "reports")
+        return run.run_id
+
+
 def _candidate_version(client, model: str):
     """The registered version `model` refers to: an MLflow `models:/name/N` or `models:/name@alias` URI, or a
     local folder found by its digest among the stage models; None when it was never registered."""
@@ -94,4 +119,4 @@ def log_evaluation(model: str | Path, metrics: Mapping[str, Any], report_dir: st
     return version.run_id, f"models:/{version.name}/{version.version}"
 
 
-__all__ = ["check_tracking", "log_evaluation", "log_training"]
+__all__ = ["check_tracking", "log_evaluation", "log_job", "log_training"]
