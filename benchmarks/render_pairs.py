@@ -2,7 +2,8 @@
 
 Prints, as its last line, one JSON object: pairs/s of (a) the bare batched matrix product that relighting needs
 at minimum (2 lightings per pair, every LED, every pixel, float32 out), (b) relighting as the renderer does it
-(LED-weight lookup of the rotated maps, the subject's maximum, the scaled float16 images), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
+(LED-weight lookup of the rotated maps, one product over the pixels inside the matte (`matte_pixel_fraction` of
+the frame; the composite never reads the others), the subject's maximum, the scaled float16 images), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
 float16 conversion, shard and manifest writing), and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which
 this disk takes the shards' bytes alone (written and fsynced, nothing computed), the other bound of (c).
 
@@ -26,7 +27,8 @@ from relightful.data.pairs import (RenderConfig, RollTables, empty_shard, load_e
                                    prepare_subject, relight_pairs, render_pairs)
 from relightful.data.plan import PlanConfig, plan_pairs
 from relightful.io import write_hdr
-from relightful.lightstage import make_default_rig, write_olat_set
+from relightful.lighting import OlatStack
+from relightful.lightstage import load_olat_set, make_default_rig, write_olat_set
 
 
 def make_inputs(root: Path, args) -> tuple:
@@ -85,9 +87,13 @@ def main() -> None:
             w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values)
             weights[s] = torch.cat([w_a, w_b]).permute(2, 0, 1).contiguous()
 
+        # the bound: every pixel of the frame, as relighting the whole OLAT image would need
+        full = {s: OlatStack(torch.from_numpy(load_olat_set(root / "subjects" / s, rig)[0])) for s in subjects}
+        matte_fraction = float(np.mean([subjects[s].fg_index.numel() / subjects[s].inside.numel() for s in subjects]))
+
         def bare():
             for s, w in weights.items():
-                torch.bmm(w, subjects[s].stack.planar)
+                torch.bmm(w, full[s].planar)
 
         out = empty_shard(args.pairs_per_shard, args.size, rig.n_leds)
 
@@ -97,8 +103,7 @@ def main() -> None:
                     chunk = rows.iloc[c:c + args.pairs_per_shard]
                     w_a = lookup_weights(tables, chunk.env_a, chunk.rotation_a_deg.values)
                     w_b = lookup_weights(tables, chunk.env_b, chunk.rotation_b_deg.values)
-                    relight_pairs(subjects[s], w_a, w_b, out["x_a"][:len(chunk)], out["x_b"][:len(chunk)],
-                                  config.tile_kib)
+                    relight_pairs(subjects[s], w_a, w_b, out["x_a"][:len(chunk)], out["x_b"][:len(chunk)])
 
         runs = iter(range(1_000_000))
 
@@ -129,6 +134,7 @@ def main() -> None:
         "relight_ratio": round(t_bare / t_relight, 3),
         "render_ratio": round(t_bare / t_whole, 3),
         "disk_write_pairs_per_s": round(n_pairs / t_write, 1),
+        "matte_pixel_fraction": round(matte_fraction, 3),
         "render_to_disk_write_ratio": round(t_write / t_whole, 3),
     }
     print(f"bound {result['bound_pairs_per_s']} pairs/s | relight {result['relight_pairs_per_s']} pairs/s "

@@ -127,3 +127,31 @@ def test_panorama_store_gives_z_b(ingested, small_rig):
     row = manifest.iloc[0]
     z_b = rotate_envmap(store[row.env_b].float(), row.rotation_b_deg)
     assert z_b.shape == (8, 16, 3)
+
+
+def test_only_the_matte_is_relit_and_the_rest_is_zero(tmp_path, small_rig):
+    """A capture with a lit backdrop outside the matte: relight_pairs renders the matte's pixels exactly (scaled so
+    the subject's maximum is 1) and writes 0 where the composite never looks."""
+    from conftest import sphere_olat
+
+    from relightful.data.pairs import prepare_subject, relight_pairs
+    from relightful.lightstage import write_olat_set
+
+    olat, matte = sphere_olat(small_rig, 24)
+    olat = olat + 0.3 * (1 - matte)[None, ..., None]  # the stage's backdrop, lit by every LED
+    write_olat_set(tmp_path / "s", olat.astype(np.float32), matte, small_rig)
+    subject = prepare_subject(tmp_path / "s", small_rig, 24)
+    rng = np.random.default_rng(0)
+    w = torch.from_numpy(rng.uniform(0, 1, size=(2, 2, small_rig.n_leds, 3))).float()
+    x_a = torch.empty(2, 3, 24, 24, dtype=torch.float16)
+    x_b = torch.empty_like(x_a)
+    fg_max = relight_pairs(subject, w[0], w[1], x_a, x_b)
+    loaded, _ = load_olat_set(tmp_path / "s", small_rig)
+    inside = torch.from_numpy(matte > 0)
+    for i in range(2):
+        full_a = torch.from_numpy(relight(loaded, w[0, i].numpy())).permute(2, 0, 1)
+        full_b = torch.from_numpy(relight(loaded, w[1, i].numpy())).permute(2, 0, 1)
+        assert fg_max[i] == pytest.approx(float(torch.maximum(full_a[:, inside], full_b[:, inside]).max()), rel=1e-5)
+        np.testing.assert_allclose(x_a[i][:, inside].float().numpy(), (full_a[:, inside] / fg_max[i]).numpy(),
+                                   rtol=2e-3, atol=1e-4)
+        assert x_a[i][:, ~inside].abs().max() == 0 and x_b[i][:, ~inside].abs().max() == 0

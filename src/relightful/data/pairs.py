@@ -4,7 +4,8 @@ Output folder:
 
     shard-00000.safetensors    per pair: x_a, x_b, y_b (P, 3, S, S) float16 linear, matte (P, 1, S, S) float16,
                                w_a, w_b (P, N, 3) float32 LED weights of the rotated maps a and b, exposure
-                               gains included (x_a = scale · relight(OLAT, w_a))
+                               gains included (x_a = scale · relight(OLAT, w_a) where matte > 0; 0 elsewhere,
+                               which the composite m·x_a + (1−m)·y_b never reads)
     envmaps.safetensors        each map used, once: "<map_id>" (h, 2h, 3) float16 linear, unrotated; z_b is
                                rotate_envmap(envmaps[env_b], rotation_b_deg)
     rig.json                   the rig the weights refer to
@@ -54,7 +55,6 @@ class RenderConfig:
     weights_height: int = 64       # maps are projected onto the LEDs at this lat-long height
     panorama_height: int = 32      # height of the maps stored for z_b
     background_oversampling: float = 2.0  # background samples per map pixel before resizing to the pair size
-    tile_kib: int = 1024           # float32 working set of one pixel tile of the relighting product (≈ L2 size)
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
@@ -98,11 +98,12 @@ def roll_weight_table(env: np.ndarray, rig: LedRig, height: int) -> torch.Tensor
 
 @dataclass
 class PreparedSubject:
-    stack: OlatStack        # OLAT at render size
     matte: torch.Tensor     # (S, S) float32
     inside: torch.Tensor    # (S·S,) bool: matte > 0.5, where the subject's maximum is taken
     olat_sums: torch.Tensor  # (N, 3): Σ_pixels matte · OLAT_k, so matte-weighted means cost O(N) per lighting
-    peak_stack: OlatStack   # the OLAT pixels inside the matte (all pixels if none is), where the maximum is taken
+    fg_index: torch.Tensor  # (F,) the pixels with matte > 0 (all, if none is), those with matte > 0.5 first
+    n_peak: int             # how many of them lead: where the subject's maximum is taken
+    fg_stack: OlatStack     # the OLAT at those pixels, in that order: all that is ever relit
 
 
 def centre_square(x: torch.Tensor) -> torch.Tensor:
@@ -123,10 +124,14 @@ def prepare_subject(subject_dir: Path, rig: LedRig, size: int) -> PreparedSubjec
         m = F.interpolate(m, size=(size, size), mode="area" if m.shape[-1] > size else "bilinear")
     m = m[0, 0].clamp(0, 1)
     stack = OlatStack(chw.permute(0, 2, 3, 1))
-    sums = (stack.planar * m.reshape(1, 1, -1)).sum(dim=2).T  # (N, 3)
-    inside = (m > 0.5).reshape(-1)
-    peak_stack = OlatStack.from_planar(stack.planar[:, :, inside] if inside.any() else stack.planar)
-    return PreparedSubject(stack, m, inside, sums, peak_stack)
+    flat = m.reshape(-1)
+    sums = (stack.planar * flat.reshape(1, 1, -1)).sum(dim=2).T  # (N, 3)
+    inside = flat > 0.5
+    fg = flat > 0 if (flat > 0).any() else torch.ones_like(inside)
+    peak = inside if inside.any() else fg
+    fg_index = torch.cat([peak.nonzero()[:, 0], (fg & ~peak).nonzero()[:, 0]])
+    return PreparedSubject(m, inside, sums, fg_index, int(peak.sum()),
+                           OlatStack.from_planar(stack.planar[:, :, fg_index].contiguous()))
 
 
 @dataclass
@@ -178,41 +183,35 @@ def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, s
     return crops
 
 
-def tiled_products(stack: OlatStack, weights: torch.Tensor, tile_kib: int):
-    """Yield (t0, t1, lit) with lit = (3, B, t1 − t0) float32: the relit pixels t0..t1 of B lightings (B, N, 3).
-
-    Working over pixel tiles, every tile reads its OLAT columns once for all B lightings and its result stays in
-    the CPU cache while the caller consumes it, so float32 images never go through memory. (Chunking over
-    lightings instead would re-read the whole OLAT stack once per chunk.)
-    """
-    w = weights.float().permute(2, 0, 1).contiguous()  # (3, B, N)
-    pixels = stack.planar.shape[-1]
-    tile = max(64, (tile_kib * 1024) // (12 * w.shape[1]) // 64 * 64)
-    for t0 in range(0, pixels, tile):
-        t1 = min(pixels, t0 + tile)
-        yield t0, t1, torch.bmm(w, stack.planar[:, :, t0:t1])
+RELIGHT_BUFFER_BYTES = 256 << 20  # float32 working set of one relighting product; larger batches go in chunks
 
 
 def relight_pairs(subject: PreparedSubject, w_a: torch.Tensor, w_b: torch.Tensor, x_a: torch.Tensor,
-                  x_b: torch.Tensor, tile_kib: int) -> torch.Tensor:
+                  x_b: torch.Tensor) -> torch.Tensor:
     """Relight P pairs into the float16 images x_a, x_b (P, 3, S, S), scaled so the subject's maximum over x_a and
     x_b is 1; returns that maximum before scaling (P,).
 
-    The maximum is found first from the pixels inside the matte only, then the scale is folded into the LED
-    weights (relighting is linear), so the full images are computed once, already scaled, straight into float16.
+    Only the pixels inside the matte are relit (one batched product for both lightings of every pair): the
+    composite `m·x + (1−m)·y_b` never reads the others, so they are written as 0. The maximum comes from the
+    pixels with matte > 0.5 of the same product, then the scale is applied on the way to float16.
     """
-    p = len(w_a)
-    both = torch.cat([w_a, w_b])
-    peak = torch.zeros(2 * p)
-    for _, _, lit in tiled_products(subject.peak_stack, both, tile_kib):
-        torch.maximum(peak, lit.amax(dim=(0, 2)), out=peak)
-    fg_max = torch.maximum(peak[:p], peak[p:])
-    scale = 1.0 / fg_max.clamp_min(1e-12)
+    p, n_fg = len(w_a), subject.fg_index.numel()
+    chunk = max(1, RELIGHT_BUFFER_BYTES // (2 * 3 * 4 * max(n_fg, 1)))
+    fg_max = torch.empty(p)
+    x_a.zero_()
+    x_b.zero_()
     planes_a, planes_b = x_a.view(p, 3, -1), x_b.view(p, 3, -1)
-    for t0, t1, lit in tiled_products(subject.stack, both * scale.repeat(2)[:, None, None], tile_kib):
-        lit = lit.clamp_(0, FLOAT16_MAX).transpose(0, 1)  # (2P, 3, T)
-        planes_a[:, :, t0:t1] = lit[:p]
-        planes_b[:, :, t0:t1] = lit[p:]
+    for c0 in range(0, p, chunk):
+        c1 = min(p, c0 + chunk)
+        both = torch.cat([w_a[c0:c1], w_b[c0:c1]]).float().permute(2, 0, 1)  # (3, 2C, N)
+        lit = torch.bmm(both, subject.fg_stack.planar)                     # (3, 2C, F)
+        peak = lit[:, :, :subject.n_peak].amax(dim=(0, 2))
+        n = c1 - c0
+        fg_max[c0:c1] = torch.maximum(peak[:n], peak[n:])
+        lit.mul_((1.0 / fg_max[c0:c1].clamp_min(1e-12)).repeat(2)[None, :, None]).clamp_(0, FLOAT16_MAX)
+        lit = lit.to(torch.float16).transpose(0, 1)                      # (2C, 3, F)
+        planes_a[c0:c1].index_copy_(2, subject.fg_index, lit[:n])
+        planes_b[c0:c1].index_copy_(2, subject.fg_index, lit[n:])
     return fg_max
 
 
@@ -225,8 +224,7 @@ def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[
     gain_b = torch.from_numpy(2.0 ** rows.exposure_b_stops.values).float()
     w_a = lookup_weights(tables, rows.env_a, rows.rotation_a_deg.values) * gain_a[:, None, None]
     w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values) * gain_b[:, None, None]
-    fg_max = relight_pairs(subject, w_a, w_b, out["x_a"][start:start + p], out["x_b"][start:start + p],
-                           config.tile_kib)
+    fg_max = relight_pairs(subject, w_a, w_b, out["x_a"][start:start + p], out["x_b"][start:start + p])
     scale = 1.0 / fg_max.clamp_min(1e-12)
     crops = background_crops(padded_maps, rows, size, config.background_oversampling)
     crops.mul_((scale * gain_b)[:, None, None, None])

@@ -71,7 +71,7 @@ def iter_batches(pairs_dir: Path, rows: pd.DataFrame, batch: int, with_weights: 
                  skipped: dict[str, str] | None = None):
     """(rows, tensors) per batch, float32 linear images; each shard file is read once. An unreadable shard is
     recorded in `skipped` (when given; else it raises `InputError`) and the other shards go on."""
-    keys = IMAGE_KEYS + (("w_b",) if with_weights else ())
+    keys = IMAGE_KEYS + (("w_a", "w_b") if with_weights else ())
     for shard, group in rows.groupby("shard", sort=False):
         path = pairs_dir / shard
         try:
@@ -112,7 +112,7 @@ class Evaluator:
             out["reinhard"] = reinhard(fg, m, bg)
             out["histogram"] = histogram_match(fg, m, bg)
         if self.oracle is not None and "w_b" in t:
-            out["oracle"] = self.oracle(rows, t["w_b"])
+            out["oracle"] = self.oracle(rows, t["w_a"], t["w_b"])
         return out
 
     def score(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int,
