@@ -1,11 +1,14 @@
 """Pair-rendering throughput against the bound a bare matrix product of the same shapes allows on this machine.
 
-Prints, as its last line, one JSON object: pairs/s of (a) the bare batched matrix product that relighting needs
-at minimum (2 lightings per pair, every LED, every pixel, float32 out), (b) relighting as the renderer does it
-(LED-weight lookup of the rotated maps, one product over the pixels inside the matte (`matte_pixel_fraction` of
-the frame; the composite never reads the others), the subject's maximum, the scaled float16 images), (c) the whole `render_pairs` job (subject loading, weights, crops, scaling,
-float16 conversion, shard and manifest writing), and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which
-this disk takes the shards' bytes alone (written and fsynced, nothing computed), the other bound of (c).
+Prints, as its last line, one JSON object: pairs/s of
+(a) the bare batched matrix product of full frames (2 lightings per pair, every LED, every pixel, float32 out);
+(b) relighting as the renderer does it: LED-weight lookup of the rotated maps, one product over the pixels inside
+    the matte (`matte_pixel_fraction` of the frame; the composite never reads the others), the subject's maximum,
+    the scaled float16 images;
+(c) the whole `render_pairs` job: subject loading, weights, crops, scaling, float16 conversion, shard and manifest
+    writing;
+and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which this disk takes the shards' bytes alone (written
+and fsynced, nothing computed), the other bound of (c).
 
     python benchmarks/render_pairs.py --size 256 --subjects 2 --pairs-per-subject 512
 """
