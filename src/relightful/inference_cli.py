@@ -21,20 +21,12 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
                                      f"is {fg.shape[1]}x{fg.shape[0]}: they must have the same size")
     from relightful.models.pipeline import Harmonizer
 
-    harmonizer = Harmonizer.from_pretrained(args.model, device=_device(args.device))
+    harmonizer = Harmonizer.from_pretrained(args.model, device=args.device)
     out = harmonizer(to_uint8(fg), matte, to_uint8(bg), steps=args.steps, seed=args.seed,
                      image_guidance=args.image_guidance, lighting_guidance=args.lighting_guidance,
                      progress=not args.quiet)
     write_ldr(args.out, out.astype("float32") / 255.0)
     print(f"harmonize: {out.shape[1]}x{out.shape[0]} -> {args.out}")
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _positive(text: str) -> int:

@@ -65,16 +65,15 @@ class AugmentResult:
 
 # --- fingerprints --------------------------------------------------------------------------------------------------
 
-SAMPLING_FALLBACK = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0}
-
-
 def resolve_sampling(config: AugmentConfig, model_meta: dict) -> AugmentConfig:
     """The config with steps and guidance scales left at None filled from the model folder's "sampling" block
     (what the model was validated with, as `relightful harmonize` does), else the pipeline's usual 20, 1.5, 3.0."""
+    from relightful.models.pipeline import SAMPLING_DEFAULTS
+
     saved = model_meta.get("sampling") or {}
-    chosen = {k: getattr(config, k) for k in SAMPLING_FALLBACK}
+    chosen = {k: getattr(config, k) for k in SAMPLING_DEFAULTS}
     return dataclasses.replace(config, **{k: saved.get(k, fallback) if chosen[k] is None else chosen[k]
-                                          for k, fallback in SAMPLING_FALLBACK.items()})
+                                          for k, fallback in SAMPLING_DEFAULTS.items()})
 
 
 def sampling_settings(config: AugmentConfig) -> dict:
@@ -113,10 +112,7 @@ class Relighter:
 def load_relighter(model_folder: Path, config: AugmentConfig) -> Relighter:
     from relightful.models.pipeline import Harmonizer
 
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    harmonizer = Harmonizer.from_pretrained(model_folder, device=device)
+    harmonizer = Harmonizer.from_pretrained(model_folder, device=config.device)
     if config.precision != "fp32":
         harmonizer.model.to(_DTYPES[config.precision])
     return Relighter(harmonizer, config)

@@ -188,10 +188,6 @@ def margins(summary: dict[str, dict[str, float]], metrics=("fg_psnr", "fg_ssim")
 
 # --- the job -------------------------------------------------------------------------------------------------------
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def load_lpips(config: EvalConfig):
     """(LPIPS network or None, why not)."""
     if config.lpips_weights is None:
@@ -211,7 +207,7 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
     from relightful.lighting import LedRig
     from relightful.models.pipeline import Harmonizer
 
-    harmonizer = Harmonizer.from_pretrained(model, device=_device(config.device))
+    harmonizer = Harmonizer.from_pretrained(model, device=config.device)
     lpips, lpips_reason = load_lpips(config)
     oracle, oracle_reason = None, "no light-stage subjects folder given"
     lightstage_pairs = Path(lightstage_pairs)
@@ -262,7 +258,7 @@ def holdout_scores(model: str | Path, pairs_dir: str | Path, split: str = "test"
 
     base = config or EvalConfig()
     cfg = dataclasses.replace(base, split=split, max_pairs=max_pairs, seed=seed, n_visual=0)
-    evaluator = Evaluator(Harmonizer.from_pretrained(model, device=_device(cfg.device)), cfg, load_lpips(cfg)[0],
+    evaluator = Evaluator(Harmonizer.from_pretrained(model, device=cfg.device), cfg, load_lpips(cfg)[0],
                           baselines=False)
     result = evaluate_scenario(evaluator, pairs_dir)
     if result.skipped:  # a gate must compare on the full held-out set, never on what happened to be readable

@@ -39,6 +39,8 @@ from relightful.models.relight_model import RelightModel, read_model_meta
 # The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
 TRAINING_NOISE: dict = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                             beta_end=0.012, prediction_type="epsilon", rescale_betas_zero_snr=False)
+# Sampler steps and guidance scales when neither the call nor the model folder's "sampling" block gives them.
+SAMPLING_DEFAULTS: dict = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0}
 SCHEDULER_DIR = "scheduler"  # optional diffusers scheduler config inside a model folder; overrides TRAINING_NOISE
 
 
@@ -197,7 +199,7 @@ class Harmonizer:
                  gain_eps: float = 2e-3, defaults: dict | None = None):
         self.model = model.eval()
         # sampler steps and guidance scales used when a call leaves them out: the model folder's "sampling"
-        self.defaults = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0, **(defaults or {})}
+        self.defaults = {**SAMPLING_DEFAULTS, **(defaults or {})}
         self.detail_sigma = self.defaults.get("detail_sigma")  # see training.config.SamplingConfig
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
@@ -208,11 +210,14 @@ class Harmonizer:
     def from_pretrained(cls, model: str | Path, scheduler=None, device: str | torch.device | None = None,
                         **kwargs) -> "Harmonizer":
         """Load a model folder or an MLflow URI (`models:/name@alias`, `runs:/...`); bad input raises `InputError`.
-        A `scheduler/` config in the folder (diffusers format) replaces the default training betas."""
+        A `scheduler/` config in the folder (diffusers format) replaces the default training betas. `device`
+        "auto" is CUDA when available, else the CPU."""
         from relightful.tracking import resolve_model
 
         folder = resolve_model(str(model))
         net = RelightModel.from_pretrained(folder)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if device is not None:
             net = net.to(device)
         if scheduler is None and (folder / SCHEDULER_DIR / "scheduler_config.json").is_file():
@@ -225,6 +230,12 @@ class Harmonizer:
             scheduler = default_scheduler(net, {k: config[k] for k in TRAINING_NOISE if k in config})
         kwargs.setdefault("defaults", read_model_meta(folder).get("sampling"))
         return cls(net, scheduler, **kwargs)
+
+    def settings(self, steps: int | None, image_guidance: float | None,
+                 lighting_guidance: float | None) -> tuple[int, float, float]:
+        """The call's sampler steps and guidance scales, with those left out taken from `self.defaults`."""
+        given = {"steps": steps, "image_guidance": image_guidance, "lighting_guidance": lighting_guidance}
+        return tuple(self.defaults[k] if v is None else v for k, v in given.items())
 
     @property
     def _sigma(self) -> float:
@@ -239,9 +250,7 @@ class Harmonizer:
                  lighting_guidance: float | None = None, progress: bool = False) -> np.ndarray:
         """fg (H, W, 3) sRGB, matte (H, W) in [0, 1] (or uint8), bg any size -> (H, W, 3) uint8 sRGB composite.
         Steps and guidance scales left out come from the model folder's "sampling" (else 20, 1.5, 3.0)."""
-        steps = self.defaults["steps"] if steps is None else steps
-        image_guidance = self.defaults["image_guidance"] if image_guidance is None else image_guidance
-        lighting_guidance = self.defaults["lighting_guidance"] if lighting_guidance is None else lighting_guidance
+        steps, image_guidance, lighting_guidance = self.settings(steps, image_guidance, lighting_guidance)
         fg8, m, bg8 = _rgb8(fg, "foreground"), _matte(matte), _rgb8(bg, "background")
         if m.shape != fg8.shape[:2]:
             raise ValueError(f"the matte is {m.shape[1]}x{m.shape[0]} but the foreground is "
@@ -281,9 +290,7 @@ class Harmonizer:
         (B, 1, S, S) -> the relit foreground layer (B, 3, S, S), linear float32 on the CPU (to be composited
         `m·relit + (1−m)·bg`). Above the model's size the relighting is carried over as a gain field, as in
         `__call__`; otherwise the generated pixels are resized to S."""
-        steps = self.defaults["steps"] if steps is None else steps
-        image_guidance = self.defaults["image_guidance"] if image_guidance is None else image_guidance
-        lighting_guidance = self.defaults["lighting_guidance"] if lighting_guidance is None else lighting_guidance
+        steps, image_guidance, lighting_guidance = self.settings(steps, image_guidance, lighting_guidance)
         dev, side, size = self.device, self.model.config.image_size, fg.shape[-1]
         fg, matte, bg = fg.to(dev).float(), matte.to(dev).float(), bg.to(dev).float()
         composite = matte * fg + (1 - matte) * bg
@@ -348,5 +355,5 @@ class Harmonizer:
         return latents
 
 
-__all__ = ["Harmonizer", "TRAINING_NOISE", "combine_guidance", "cover_canvas", "cover_resize", "default_scheduler",
+__all__ = ["SAMPLING_DEFAULTS", "Harmonizer", "TRAINING_NOISE", "combine_guidance", "cover_canvas", "cover_resize", "default_scheduler",
            "gain_field", "uses_gain_field"]
