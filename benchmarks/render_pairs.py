@@ -7,8 +7,9 @@ Prints, as its last line, one JSON object: pairs/s of
     the scaled float16 images;
 (c) the whole `render_pairs` job: subject loading, weights, crops, scaling, float16 conversion, shard and manifest
     writing;
-and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which this disk takes the shards' bytes alone (written
-and fsynced, nothing computed), the other bound of (c).
+and the ratios (b)/(a) and (c)/(a); and (d) the pairs/s at which this disk takes the shards alone (the same
+number of shards of the same size, written as the job writes them: new files, fsynced, dropped from the page
+cache; nothing computed), the other bound of (c).
 
     python benchmarks/render_pairs.py --size 256 --subjects 2 --pairs-per-subject 512
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +29,7 @@ from relightful.data.envmaps import IngestConfig, ingest_hdr
 from relightful.data.pairs import (RenderConfig, RollTables, empty_shard, load_envmaps, lookup_weights,
                                    prepare_subject, relight_pairs, render_pairs)
 from relightful.data.plan import PlanConfig, plan_pairs
-from relightful.io import write_hdr
+from relightful.io import save_tensors, write_hdr
 from relightful.lighting import OlatStack
 from relightful.lightstage import load_olat_set, make_default_rig, write_olat_set
 
@@ -113,16 +113,13 @@ def main() -> None:
         def whole():  # into a new folder each time, as `dvc repro` does (it removes a stage's outputs first)
             render_pairs(root / "subjects", rig, root / "envmaps", root / f"pairs-{next(runs)}", config, progress=False)
 
-        shard_bytes = sum(t.numel() * t.element_size() for t in empty_shard(n_pairs, args.size, rig.n_leds).values())
-        payload = np.random.default_rng(1).integers(0, 255, size=shard_bytes // len(weights), dtype=np.uint8)
+        shard = {k: torch.rand(v.shape).to(v.dtype) for k, v in out.items()}
 
-        def write():  # the disk's own bound: the same bytes written and fsynced, nothing computed
-            for i in range(len(weights)):
-                with open(root / f"write-{i}.bin", "wb") as f:
-                    f.write(payload)
-                    f.flush()
-                    os.fsync(f.fileno())
-                (root / f"write-{i}.bin").unlink()
+        def write():  # the disk's own bound: the shards' bytes written as the job writes them, nothing computed
+            folder = root / f"write-{next(runs)}"
+            folder.mkdir()
+            for i in range(-(-n_pairs // args.pairs_per_shard)):
+                save_tensors(folder / f"shard-{i:05d}.safetensors", shard, drop_from_cache=True)
 
         t_write = best_of(write, args.repeats)
         t_bare = best_of(bare, args.repeats)

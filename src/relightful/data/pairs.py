@@ -123,15 +123,15 @@ def prepare_subject(subject_dir: Path, rig: LedRig, size: int) -> PreparedSubjec
         chw = F.interpolate(chw, size=(size, size), mode="area" if chw.shape[-1] > size else "bilinear")
         m = F.interpolate(m, size=(size, size), mode="area" if m.shape[-1] > size else "bilinear")
     m = m[0, 0].clamp(0, 1)
-    stack = OlatStack(chw.permute(0, 2, 3, 1))
     flat = m.reshape(-1)
-    sums = (stack.planar * flat.reshape(1, 1, -1)).sum(dim=2).T  # (N, 3)
     inside = flat > 0.5
     fg = flat > 0 if (flat > 0).any() else torch.ones_like(inside)
     peak = inside if inside.any() else fg
     fg_index = torch.cat([peak.nonzero()[:, 0], (fg & ~peak).nonzero()[:, 0]])
-    return PreparedSubject(m, inside, sums, fg_index, int(peak.sum()),
-                           OlatStack.from_planar(stack.planar[:, :, fg_index].contiguous()))
+    pixels = chw.reshape(chw.shape[0], 3, -1)  # (N, 3, S·S): already channel planes
+    fg_planar = pixels[:, :, fg_index].float().transpose(0, 1)  # (3, N, F)
+    sums = (fg_planar * flat[fg_index]).sum(dim=2).T  # (N, 3): the matte is 0 elsewhere
+    return PreparedSubject(m, inside, sums, fg_index, int(peak.sum()), OlatStack.from_planar(fg_planar))
 
 
 @dataclass
@@ -160,13 +160,16 @@ def lookup_weights(tables: RollTables, map_ids, degrees) -> torch.Tensor:
 
 
 def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, size: int,
-                     oversampling: float) -> torch.Tensor:
-    """(P, 3, S, S) linear views of each pair's map b, as the camera sees it after the map is rotated.
+                     oversampling: float, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, 3, S, S) linear views of each pair's map b, as the camera sees it after the map is rotated, times the
+    pair's `gain` (P,) and clamped to float16's range.
 
     Looking at a map rotated by Δ at yaw 0 is looking at the unrotated map at yaw −Δ: one interpolation, not two.
     The views are sampled at `oversampling` samples per map pixel across the field of view (the map holds no finer
     detail) and bilinearly resized to the pair size: the same image as sampling every pixel, at a fraction of
     the cost. All views of one map are one `grid_sample` call (their grids stacked), so no map is copied per pair.
+    Gain and clamp come before the resize: bilinear resizing is a convex combination, so that is the same image
+    for a fraction of the work.
     """
     map_height = next(iter(padded_maps.values())).shape[-2]
     res = min(size, max(8, math.ceil(oversampling * 2 * map_height * float(rows.fov_deg.max()) / 360.0)))
@@ -178,6 +181,9 @@ def background_crops(padded_maps: dict[str, torch.Tensor], rows: pd.DataFrame, s
         views = F.grid_sample(padded_maps[map_id][None], grids[idx].reshape(1, len(idx) * res, res, 2),
                               mode="bilinear", padding_mode="border", align_corners=False)  # (1, 3, n·res, res)
         crops[idx] = views.reshape(3, len(idx), res, res).transpose(0, 1)
+    if gain is not None:
+        crops.mul_(gain[:, None, None, None])
+    crops.clamp_(0, FLOAT16_MAX)
     if res != size:
         crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False)
     return crops
@@ -226,9 +232,8 @@ def render_rows(rows: pd.DataFrame, subject: PreparedSubject, padded_maps: dict[
     w_b = lookup_weights(tables, rows.env_b, rows.rotation_b_deg.values) * gain_b[:, None, None]
     fg_max = relight_pairs(subject, w_a, w_b, out["x_a"][start:start + p], out["x_b"][start:start + p])
     scale = 1.0 / fg_max.clamp_min(1e-12)
-    crops = background_crops(padded_maps, rows, size, config.background_oversampling)
-    crops.mul_((scale * gain_b)[:, None, None, None])
-    out["y_b"][start:start + p] = crops.clamp_(0, FLOAT16_MAX)
+    crops = background_crops(padded_maps, rows, size, config.background_oversampling, gain=scale * gain_b)
+    out["y_b"][start:start + p] = crops
     out["matte"][start:start + p] = subject.matte
     out["w_a"][start:start + p], out["w_b"][start:start + p] = w_a, w_b
     mass = 3.0 * subject.matte.sum().clamp_min(1e-12)
@@ -307,7 +312,7 @@ class BackgroundWriter:
 
     def submit(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         self.wait()
-        self._pending = self._pool.submit(save_tensors, path, tensors, metadata)
+        self._pending = self._pool.submit(save_tensors, path, tensors, metadata, drop_from_cache=True)
 
     def wait(self) -> None:
         if self._pending is not None:
@@ -358,7 +363,6 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
             if rows.empty:
                 (out_dir / name).unlink(missing_ok=True)
                 continue
-            rows = manifest_frame(rows)
             writer.submit(out_dir / name, tensors, {"pair_ids": ",".join(rows.pair_id), "rig": rig.fingerprint})
             written.append(rows)
     manifest = manifest_frame(pd.concat(written)) if written else manifest_frame(plan.iloc[:0])

@@ -17,11 +17,16 @@ from relightful.io.errors import InputError
 METADATA_KEY = "relightful"
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 drop_from_cache: bool = False) -> None:
     """Write named tensors to a safetensors file atomically; same inputs give the same bytes.
 
     The metadata travels as one JSON string with sorted keys: safetensors keeps several keys in a hash map whose
     order changes from process to process, which would change the file's hash (and DVC's) on every run.
+
+    `drop_from_cache` is for jobs that stream out far more than they re-read (pair shards): once the file is on
+    disk its pages leave the page cache, so the next file reuses them instead of the kernel finding fresh ones
+    (4x less system time per shard measured here) and the job does not evict everything else cached.
     """
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
@@ -30,6 +35,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors recreates the file with mode 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+            if drop_from_cache and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
