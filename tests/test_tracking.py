@@ -523,6 +523,12 @@ def test_promote_command_scores_real_models_on_held_out_pairs(rendered_pairs, tm
     assert main([*args, "--version", "1"]) == 0 and "unchanged" in capsys.readouterr().out
     assert main([*args, "--version", "7"]) == 1  # no such version: a clear error, exit 1
     assert "relightful-stage3" in capsys.readouterr().err
+    # the candidate named by its folder: the version registered from those files
+    assert main([*args, "--model", str(tmp_path / "model0")]) == 0
+    assert "promote relightful-stage3 version 1: unchanged" in capsys.readouterr().out
+    RelightModel(micro_model_config()).save_pretrained(tmp_path / "unregistered", extra=sampling)
+    assert main([*args, "--model", str(tmp_path / "unregistered")]) == 1
+    assert "no version of relightful-stage3 was registered from this folder" in capsys.readouterr().err
 
 
 # --- S3 ------------------------------------------------------------------------------------------------------------

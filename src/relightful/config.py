@@ -70,22 +70,36 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}; expected some of {sorted(names)}")
-    kwargs = {}
-    for key, value in values.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}.{key}" if where else key)
-        elif _is_tuple(hint) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**{key: _coerce(hints[key], value, f"{where}.{key}" if where else key)
+                  for key, value in values.items()})
 
 
-def _is_tuple(hint) -> bool:
-    origin = typing.get_origin(hint)
+def _coerce(hint, value, where: str):
+    """`value` as the type `hint` asks for: nested dataclasses from dicts, tuples from lists, and whole numbers
+    written as floats as ints (JSON and kfp's pipeline parameters carry every number as a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple(a) for a in typing.get_args(hint))
-    return origin is tuple or hint is tuple
+        if value is None:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ValueError:
+                continue
+        return value
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value, where)
+    if (origin is tuple or hint is tuple) and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if args and len(args) == len(value):
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+        return tuple(value)
+    if hint is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{where}: expected a whole number, got {value}")
+        return int(value)
+    return value
 
 
 def load_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] | None = None,

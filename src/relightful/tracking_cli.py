@@ -155,7 +155,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
         return holdout_scores(folder, args.pairs, split=cfg.split, max_pairs=cfg.max_pairs, seed=cfg.seed)
 
     try:
-        result = promote(args.model_name, score, cfg, version=args.version)
+        version = args.version if args.model is None else _version_of_folder(args.model, args.model_name)
+        result = promote(args.model_name, score, cfg, version=version)
     except (TrackingError, PromotionError) as err:
         raise _cli().JobFailed(str(err)) from None
     print(result.message())
@@ -165,6 +166,22 @@ def cmd_promote(args: argparse.Namespace) -> None:
         from relightful.io import atomic_write_text
 
         atomic_write_text(args.report, json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
+
+
+def _version_of_folder(model_dir: Path, name: str) -> str:
+    """The version of `name` registered from the model folder `model_dir` (matched by the digest of its files)."""
+    from relightful.tracking.registry import find_version_of_folder
+    from relightful.tracking.runs import make_client, tracking_errors, tracking_uri
+
+    if not Path(model_dir).is_dir():
+        raise InputError(model_dir, "model folder not found")
+    uri = tracking_uri()
+    with tracking_errors(uri, f"looking up the version of {name} registered from {model_dir}"):
+        version = find_version_of_folder(make_client(uri), model_dir, [name])
+    if version is None:
+        raise _cli().JobFailed(f"{model_dir}: no version of {name} was registered from this folder (train it with "
+                               f"tracking on, or give --version)")
+    return str(version.version)
 
 
 def add_tracking_parsers(subparsers) -> None:
@@ -184,13 +201,16 @@ def add_tracking_parsers(subparsers) -> None:
 
     p = subparsers.add_parser(
         "promote", help="move the champion alias to a candidate version only if it wins on held-out pairs",
-        description="Scores the candidate version (default: the latest) and the champion of MODEL_NAME on the same "
+        description="Scores the candidate version (--version or --model; default: the latest) and the champion of MODEL_NAME on the same "
                     "held-out pairs (params.yaml `promote`: metric, margin, split, max_pairs, seed). The candidate "
                     "becomes champion when its metric beats the champion's by more than the margin (or when there "
                     "is no champion), challenger otherwise; the decision and both metric sets are tagged on the "
                     "version (promotion.*). Re-running changes nothing.")
     p.add_argument("--model-name", default="relightful-stage3")
-    p.add_argument("--version", default=None, help="the candidate version (default: the latest version)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", default=None, help="the candidate version (default: the latest version)")
+    which.add_argument("--model", type=Path, default=None,
+                       help="the candidate as a model folder: the version registered from it (by its files' digest)")
     p.add_argument("--pairs", type=Path, default=Path("data/pairs"),
                    help="pairs whose held-out split both models are scored on")
     p.add_argument("--report", type=Path, default=None, help="also write the decision and both metric sets here (JSON)")

@@ -1,0 +1,45 @@
+"""Evaluation and promotion components."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import CUDA_IMAGE
+
+
+@dsl.component(base_image=CUDA_IMAGE)
+def evaluate(model: Input[Model], pairs: Input[Dataset], natural_pairs: Input[Dataset], lightstage: Input[Dataset],
+             params: dict, profile: str, track: bool, require_quality_bar: bool, report: Output[HTML],
+             metrics: Output[Metrics], evaluation: Output[Artifact]):
+    """Score the model and the baselines on the test pairs; the report as HTML, the means as run metrics, the
+    whole evaluation folder (metrics.json, per_pair.csv, plots, grid) as an artifact."""
+    import json
+    import os
+    import shutil
+
+    from components.job import run_job
+
+    argv = ["evaluate", "--model", model.path, "--pairs", pairs.path, "--natural-pairs", natural_pairs.path,
+            "--subjects", os.path.join(lightstage.path, "subjects"), "--out", evaluation.path]
+    run_job(argv + (["--require-quality-bar"] if require_quality_bar else []), params, profile, track)
+    shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+    summary = json.load(open(os.path.join(evaluation.path, "metrics.json")))
+    for scenario in ("lightstage", "natural"):
+        for method, values in summary[scenario]["methods"].items():
+            for name, value in values.items():
+                if value is not None:  # a metric that could not be computed (LPIPS without weights) is left out
+                    metrics.log_metric(f"{scenario}.{method}.{name}", float(value))
+    metrics.log_metric("quality_bar_passed", float(bool(summary["quality_bar"]["passed"])))
+
+
+@dsl.component(base_image=CUDA_IMAGE)
+def promote(model: Input[Model], pairs: Input[Dataset], params: dict, profile: str, model_name: str,
+            decision: Output[Artifact]) -> str:
+    """Move `model_name@champion` to the version registered from `model` only if it beats the champion on the
+    held-out pairs (else it becomes `challenger`); returns the decision: champion, challenger or unchanged."""
+    import json
+
+    from components.job import run_job
+
+    run_job(["promote", "--model", model.path, "--model-name", model_name, "--pairs", pairs.path,
+             "--report", decision.path], params, profile, track=True)
+    return json.load(open(decision.path))["decision"]
