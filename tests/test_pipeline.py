@@ -330,3 +330,26 @@ def test_one_run_now_and_a_bad_cron(kfp_api, capsys):
     assert run["runtime_config"].get("parameters", {}) == {}  # the compiled defaults
     assert main(["--host", kfp_api.host, "recurring", "--cron", "0 3 * * 1"]) == 2
     assert "6 (seconds first)" in capsys.readouterr().err and not kfp_api.recurring
+
+
+def test_training_component_on_two_ranks(local_run, tmp_path):
+    """`nproc_per_node` 2: the component runs the stage under torchrun; the model folder, the metrics and the page
+    of the validation grid come back as with one rank, and the model loads."""
+    from kfp.dsl import HTML, Dataset, Metrics, Model
+
+    from components.training import train_stage
+    from relightful.models import RelightModel
+
+    run, _ = local_run
+    name, params = profile_params("smoke")
+    model = Model(name="model", uri=str(tmp_path / "model"))
+    metrics, samples = Metrics(name="metrics", uri=str(tmp_path / "metrics")), HTML(name="samples",
+                                                                                       uri=str(tmp_path / "s.html"))
+    train_stage.python_func(stage=1, pairs=Dataset(name="pairs", uri=str(run / "merge-pairs" / "pairs")),
+                            params=_floats(params), profile=name, track=False, workspace=str(tmp_path / "ws"),
+                            run_id="two-ranks", nproc_per_node=2, model=model, metrics=metrics, samples=samples)
+    history = json.loads((tmp_path / "ws" / "runs" / "two-ranks" / "stage1" / "history.json").read_text())
+    assert history[-1]["step"] == params["stage1"]["steps"] == metrics.metadata["steps"]
+    assert metrics.metadata["loss"] == pytest.approx(history[-1]["loss"])
+    assert RelightModel.from_pretrained(tmp_path / "model").config is not None
+    assert "data:image/png;base64," in (tmp_path / "s.html").read_text()
