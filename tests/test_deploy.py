@@ -127,10 +127,24 @@ def tree(tmp_path_factory) -> Path:
     return _copy_tree_with_credentials(tmp_path_factory.mktemp("k8s"))
 
 
+def _builds(tree: Path, overlay: str) -> list[Path]:
+    """The kustomizations of an overlay: the platform, and the training job started apart from it."""
+    return [tree / "overlays" / overlay, tree / "training" / "overlays" / overlay]
+
+
 @pytest.fixture(scope="module")
 def rendered(tree) -> dict[str, list[dict]]:
+    """Per overlay: the platform's objects and the training job's."""
     build = kubectl_kustomize if shutil.which("kubectl") else render_minimal
-    return {o: build(tree / "overlays" / o) for o in OVERLAYS}
+    return {o: [d for path in _builds(tree, o) for d in build(path)] for o in OVERLAYS}
+
+
+def test_platform_starts_no_training(tree):
+    build = kubectl_kustomize if shutil.which("kubectl") else render_minimal
+    for overlay in OVERLAYS:
+        platform, training = (build(path) for path in _builds(tree, overlay))
+        assert not [d for d in platform if d["kind"] == "PyTorchJob"], "applying the platform would start a training"
+        assert [d["kind"] for d in training] == ["PyTorchJob"]
 
 
 def _key(d: dict) -> tuple:
@@ -181,24 +195,25 @@ def _expand(value: str, env: dict[str, str]) -> str:
 def test_minimal_renderer_agrees_with_kustomize(tree):
     if not shutil.which("kubectl"):
         pytest.skip("kubectl (with its built-in kustomize) is not installed: nothing to compare with")
-    for overlay in OVERLAYS:
-        real = {_key(d): d for d in kubectl_kustomize(tree / "overlays" / overlay)}
-        ours = {_key(d): d for d in render_minimal(tree / "overlays" / overlay)}
+    for path in (p for overlay in OVERLAYS for p in _builds(tree, overlay)):
+        real = {_key(d): d for d in kubectl_kustomize(path)}
+        ours = {_key(d): d for d in render_minimal(path)}
         assert ours.keys() == real.keys()
         for key in real:
-            assert ours[key] == real[key], f"{overlay}: {key} differs"
+            assert ours[key] == real[key], f"{path}: {key} differs"
 
 
 def test_minimal_renderer_refuses_a_patch_that_moved(tree, tmp_path):
     # the local overlay's `test` op guards the index of --profile: moving the argument must break the build
     moved = tmp_path / "k8s"
     shutil.copytree(tree, moved)
-    job = moved / "base" / "pytorchjob-train.yaml"
+    job = moved / "training" / "base" / "pytorchjob-train.yaml"
     job.write_text(job.read_text().replace("- --profile=gpu\n", "- --quiet\n                - --profile=gpu\n"))
     with pytest.raises(AssertionError, match="JSON6902 test failed"):
-        render_minimal(moved / "overlays" / "local")
+        render_minimal(moved / "training" / "overlays" / "local")
     if shutil.which("kubectl"):
-        out = subprocess.run(["kubectl", "kustomize", str(moved / "overlays" / "local")], capture_output=True)
+        out = subprocess.run(["kubectl", "kustomize", str(moved / "training" / "overlays" / "local")],
+                             capture_output=True)
         assert out.returncode != 0
 
 
