@@ -1,9 +1,11 @@
-"""Training component: one stage of the model, resumable, on one node's GPUs (torchrun when more than one)."""
+"""Training components: one stage of the model, resumable. `train_stage` trains in the step's own pod, on its
+node's GPUs (torchrun when more than one); `train_stage_across_nodes` launches a PyTorchJob over several pods and
+waits for it (pipelines compiled with `--num-nodes N`). Both write the same outputs."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.images import CUDA_IMAGE
+from components.images import CPU_IMAGE, CUDA_IMAGE
 
 
 @dsl.component(base_image=CUDA_IMAGE)
@@ -16,37 +18,44 @@ def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, t
     task resumes where the failed one stopped; with an empty `workspace` they live in a temporary folder. The final
     loss and throughput are logged as metrics, the last validation grid as an HTML page.
     """
-    import base64
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
+    from components.job import run_distributed, run_job, stage_paths, train_argv, write_training_outputs
 
-    from components.job import run_distributed, run_job
-
-    root = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="relightful-runs-"))
-    run_dir = root / "runs" / (run_id or "local") / f"stage{stage}"
-    history = run_dir / "history.json"
-    grids = run_dir / "samples"
-    argv = ["train", "--stage", str(stage), "--pairs", pairs.path, "--out", model.path, "--run-dir", str(run_dir),
-            "--cache", str(run_dir / "cache"), "--metrics", str(history), "--samples", str(grids)]
-    if init is not None:
-        argv += ["--init", init.path]
+    paths = stage_paths(workspace, run_id, stage)
+    argv = train_argv(stage, pairs.path, model.path, paths, init.path if init is not None else None)
     if nproc_per_node > 1:
         run_distributed(argv, params, profile, track, nproc_per_node)
     else:
         run_job(argv, params, profile, track)
+    write_training_outputs(stage, paths, model, metrics, samples)
 
-    last = json.loads(history.read_text())[-1]
-    for key in ("loss", "diffusion_loss", "align_loss", "samples_per_s"):
-        if key in last:
-            metrics.log_metric(key, float(last[key]))
-    metrics.log_metric("steps", float(last["step"]))
-    model.metadata.update({"stage": stage, "framework": "diffusers", "format": "safetensors"})
-    pngs = sorted(grids.glob("*.png"))
-    body = "<p>no validation grid was written</p>"
-    if pngs:
-        data = base64.b64encode(pngs[-1].read_bytes()).decode()
-        body = f"<h3>stage {stage}: {pngs[-1].name} (composite | model | target)</h3><img src='data:image/png;base64,{data}'>"
-    os.makedirs(os.path.dirname(samples.path) or ".", exist_ok=True)
-    Path(samples.path).write_text(f"<html><body>{body}</body></html>")
+
+@dsl.component(base_image=CPU_IMAGE)
+def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, profile: str, track: bool,
+                             workspace: str, run_id: str, num_nodes: int, nproc_per_node: int, gpus: bool,
+                             image: str, model: Output[Model], metrics: Output[Metrics], samples: Output[HTML],
+                             init: Input[Model] = None):
+    """The same stage as `train_stage`, run by a PyTorchJob of `num_nodes` pods × `nproc_per_node` ranks in
+    `image`. Inputs, params and checkpoints go to the shared workspace volume (the pods see only that); the job is
+    named after the run and stage, so a retried step follows the job it started instead of starting another."""
+    import shutil
+
+    from components import pytorchjob
+    from components.job import params_text, stage_paths, train_argv, write_training_outputs
+
+    paths = stage_paths(workspace, run_id, stage)
+    inputs = paths.run_dir / "inputs"
+    shutil.copytree(pairs.path, inputs / "pairs", dirs_exist_ok=True)
+    if init is not None:
+        shutil.copytree(init.path, inputs / "init", dirs_exist_ok=True)
+    params_path = paths.run_dir / "params.yaml"
+    params_path.write_text(params_text(params, profile))
+    out = paths.run_dir / "model"
+    argv = train_argv(stage, str(inputs / "pairs"), str(out), paths, str(inputs / "init") if init is not None else None)
+    argv += ["--params", str(params_path), "--profile", profile, "--track" if track else "--no-track", "--quiet"]
+    api, namespace = pytorchjob.kubernetes_api()
+    job = pytorchjob.TrainJob(name=f"relightful-{run_id[:40].lower()}-stage{stage}".replace("_", "-"),
+                              namespace=namespace, image=image, args=["-m", "relightful.cli", *argv],
+                              num_nodes=num_nodes, nproc_per_node=nproc_per_node, gpus=gpus, workspace=workspace)
+    pytorchjob.run(api, pytorchjob.manifest(job))
+    shutil.copytree(out, model.path, dirs_exist_ok=True)
+    write_training_outputs(stage, paths, model, metrics, samples)

@@ -21,7 +21,8 @@ from components.augment import augment
 from components.data import (ingest_hdr, merge_pairs, natural_starter, render_pairs_part, starter_data,
                              synthetic_stage, validate_data, worker_indices)
 from components.evaluation import evaluate, promote
-from components.training import train_stage
+from components.images import CPU_IMAGE, CUDA_IMAGE
+from components.training import train_stage, train_stage_across_nodes
 
 PIPELINE_NAME = "relightful"
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -64,9 +65,10 @@ def _on_gpu(task: dsl.PipelineTask, count) -> dsl.PipelineTask:
     return task
 
 
-def make_pipeline(profile: str, params: dict, gpus: bool = True):
+def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int = 1):
     """The pipeline function with `params` (the block of `profile`) as its defaults; `gpus` asks for GPUs for the
-    training, augmentation, evaluation and promotion steps (off for CPU-only clusters)."""
+    training, augmentation, evaluation and promotion steps (off for CPU-only clusters); `num_nodes` > 1 trains each
+    stage as a PyTorchJob of that many pods (`nproc_per_node` ranks each) instead of in the step's own pod."""
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Relightful Harmonization: light-stage data, three training "
                   "stages, natural-pair augmentation, evaluation and promotion")
@@ -90,12 +92,16 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True):
                                              **common))
 
         def train(stage_number: int, data, init=None):
-            start = {} if init is None else {"init": init}
-            task = train_stage(stage=stage_number, pairs=data, workspace=workspace, nproc_per_node=nproc_per_node,
-                               run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **start, **common)
+            start = dict(stage=stage_number, pairs=data, workspace=workspace, nproc_per_node=nproc_per_node,
+                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({} if init is None else {"init": init}), **common)
+            if num_nodes > 1:  # this step only launches and follows the job: no GPU of its own
+                task = train_stage_across_nodes(num_nodes=num_nodes, gpus=gpus,
+                                                image=CUDA_IMAGE if gpus else CPU_IMAGE, **start)
+            else:
+                task = train_stage(**start)
             task.set_display_name(f"train-stage{stage_number}").set_retry(num_retries=2, backoff_duration="60s")
             kubernetes.mount_pvc(task, pvc_name=WORKSPACE_PVC, mount_path=WORKSPACE)
-            return _on_gpu(_cluster_env(task), nproc_per_node) if gpus else _cluster_env(task)
+            return _on_gpu(_cluster_env(task), nproc_per_node) if gpus and num_nodes == 1 else _cluster_env(task)
 
         stage1 = train(1, pairs.outputs["pairs"]).after(checked)
         stage2 = train(2, pairs.outputs["pairs"], stage1.outputs["model"])

@@ -4,10 +4,13 @@ runner (smoke profile, two rendering workers) with the same results as the jobs 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +127,22 @@ def test_cluster_wiring(compiled):
     assert len(retried) == 3
 
 
+def test_across_nodes_compiles_to_launcher_steps(tmp_path):
+    """--num-nodes 2: the training steps launch PyTorchJobs in the CUDA image and hold no GPU themselves."""
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "mn.yaml", num_nodes=2).read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    launchers = [n for n in tasks if n.startswith("train-stage-across-nodes")]
+    assert len(launchers) == 3 and not any(n.startswith("train-stage") and n not in launchers for n in tasks)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in launchers:
+        constants = tasks[name]["inputs"]["parameters"]
+        assert constants["num_nodes"]["runtimeValue"]["constant"] == 2
+        assert constants["image"]["runtimeValue"]["constant"].endswith("-cuda")
+        container = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
+        assert "accelerator" not in container.get("resources", {})
+        assert executors[f"exec-{name}"]["pvcMount"][0]["mountPath"] == WORKSPACE
+
+
 # --- parameters ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("profile", ["tiny", "gpu", "smoke"])
@@ -217,37 +236,52 @@ def test_models_registered_evaluated_and_promoted(local_run):
     assert client.get_model_version("relightful-stage3", champion.version).tags.get("eval.fg_psnr")
 
 
+# --- stand-ins for the cluster's APIs ----------------------------------------------------------------------------
+
+class JsonApi:
+    """An HTTP server on 127.0.0.1 (a free port) answering JSON, in a thread: subclasses `serve` a subclass of
+    `Handler` with their do_* methods, which reach the instance as `self.api`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        api = None  # the JsonApi instance, set per server
+
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, body: dict, status: int = 200):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict:
+            return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+    def serve(self, handler: type) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (handler,), {"api": self}))
+        self.host = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # --- scheduled retraining through the KFP API --------------------------------------------------------------------
 
-class FakeKfpApi:
+class FakeKfpApi(JsonApi):
     """The few KFP v2beta1 REST endpoints the schedule uses, on 127.0.0.1, recording what it was sent: the real
     `kfp.Client` talks to it over HTTP (no cluster here)."""
 
     def __init__(self):
-        import http.server
-        import threading
-
         self.experiments: dict[str, dict] = {}
         self.recurring: dict[str, dict] = {}
         self.runs: list[dict] = []
         self.ids = iter(range(100, 1_000_000))
-        api = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, body: dict, status: int = 200):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> dict:
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-
+        class Handler(JsonApi.Handler):
             def do_GET(self):
                 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -258,42 +292,35 @@ class FakeKfpApi:
                 if url.path == "/apis/v2beta1/experiments":
                     predicate = json.loads(unquote(query["filter"][0]))["predicates"][0] if "filter" in query else {}
                     wanted = predicate.get("stringValue")
-                    found = [e for e in api.experiments.values() if wanted in (None, e["display_name"])]
+                    found = [e for e in self.api.experiments.values() if wanted in (None, e["display_name"])]
                     return self._reply({"experiments": found, "total_size": len(found)})
                 if url.path == "/apis/v2beta1/recurringruns":
                     exp = query.get("experiment_id", [None])[0]
-                    found = [r for r in api.recurring.values() if exp in (None, r["experiment_id"])]
+                    found = [r for r in self.api.recurring.values() if exp in (None, r["experiment_id"])]
                     return self._reply({"recurringRuns": found, "total_size": len(found)})
                 return self._reply({"error": self.path}, 404)
 
             def do_POST(self):
                 body = self._body()
                 if self.path == "/apis/v2beta1/experiments":
-                    exp = {**body, "experiment_id": f"exp-{len(api.experiments)}"}
-                    api.experiments[exp["experiment_id"]] = exp
+                    exp = {**body, "experiment_id": f"exp-{len(self.api.experiments)}"}
+                    self.api.experiments[exp["experiment_id"]] = exp
                     return self._reply(exp)
                 if self.path == "/apis/v2beta1/recurringruns":
-                    rec = {**body, "recurring_run_id": f"rec-{next(api.ids)}"}
-                    api.recurring[rec["recurring_run_id"]] = rec
+                    rec = {**body, "recurring_run_id": f"rec-{next(self.api.ids)}"}
+                    self.api.recurring[rec["recurring_run_id"]] = rec
                     return self._reply(rec)
                 if self.path.startswith("/apis/v2beta1/runs"):
-                    run = {**body, "run_id": f"run-{len(api.runs)}"}
-                    api.runs.append(run)
+                    run = {**body, "run_id": f"run-{len(self.api.runs)}"}
+                    self.api.runs.append(run)
                     return self._reply(run)
                 return self._reply({"error": self.path}, 404)
 
             def do_DELETE(self):
-                api.recurring.pop(self.path.rsplit("/", 1)[-1], None)
+                self.api.recurring.pop(self.path.rsplit("/", 1)[-1], None)
                 return self._reply({})
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture()
@@ -353,3 +380,140 @@ def test_training_component_on_two_ranks(local_run, tmp_path):
     assert metrics.metadata["loss"] == pytest.approx(history[-1]["loss"])
     assert RelightModel.from_pretrained(tmp_path / "model").config is not None
     assert "data:image/png;base64," in (tmp_path / "s.html").read_text()
+
+
+# --- training across nodes: a PyTorchJob -----------------------------------------------------------------------
+
+class FakeTrainingOperator(JsonApi):
+    """A Kubernetes API on 127.0.0.1 that knows PyTorchJobs and, like the Training Operator, runs their pods: here
+    as local processes, with the variables the operator gives each pod (MASTER_ADDR/MASTER_PORT, PET_NNODES,
+    PET_NODE_RANK, PET_NPROC_PER_NODE) and `$(VAR)` references in the arguments expanded as the kubelet does. The
+    pods' workspace volume is the test's workspace folder, mounted at the same path."""
+
+    def __init__(self):
+        self.jobs: dict[str, dict] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.created = 0
+
+        class Handler(JsonApi.Handler):
+            def do_POST(self):
+                operator, body = self.api, self._body()
+                name = body["metadata"]["name"]
+                if not self.path.endswith("/pytorchjobs"):
+                    return self._reply({"kind": "Status", "code": 404}, 404)
+                if name in operator.jobs:
+                    return self._reply({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, 409)
+                body["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+                operator.jobs[name] = body
+                operator.created += 1
+                threading.Thread(target=operator._run_pods, args=(body,), daemon=True).start()
+                return self._reply(body, 201)
+
+            def do_GET(self):
+                operator, name = self.api, self.path.rsplit("/", 1)[-1]
+                if name not in operator.jobs:
+                    return self._reply({"kind": "Status", "code": 404}, 404)
+                return self._reply(operator.jobs[name])
+
+        self.serve(Handler)
+
+    def _run_pods(self, job: dict) -> None:
+        import re
+        import socket
+
+        specs = job["spec"]["pytorchReplicaSpecs"]
+        pods = [(kind, spec["template"]["spec"]["containers"][0]) for kind, spec in specs.items()
+                for _ in range(spec["replicas"])]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = {k: v for k, v in os.environ.items()
+                if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}}
+        procs = []
+        for node_rank, (kind, container) in enumerate(pods):
+            env = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PET_NNODES": str(len(pods)),
+                   "PET_NODE_RANK": str(node_rank), "PET_NPROC_PER_NODE": job["spec"]["nprocPerNode"],
+                   "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+            args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+            command = [sys.executable, "-m", "torch.distributed.run"] if container["command"] == ["torchrun"] \
+                else container["command"]
+            procs.append(subprocess.Popen([*command, *args], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outputs = [p.communicate()[0] for p in procs]
+        self.logs[job["metadata"]["name"]] = outputs
+        failed = sum(p.returncode != 0 for p in procs)
+        name = job["metadata"]["name"]  # the operator's wording
+        state = {"type": "Failed", "status": "True", "message": f"PyTorchJob {name} is failed because {failed} "
+                 f"replica(s) failed."} if failed else \
+            {"type": "Succeeded", "status": "True", "message": f"PyTorchJob {name} is successfully completed."}
+        job["status"] = {"conditions": [{"type": "Running", "status": "False"}, state]}
+
+    def kubeconfig(self, path: Path, namespace: str = "relightful") -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.host}}],
+            "users": [{"name": "test", "user": {"token": "test"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}]}))
+        return path
+
+
+def test_training_across_nodes_as_a_pytorchjob(local_run, tmp_path, monkeypatch):
+    """Stage 1 as a PyTorchJob of two pods (one rank each): the step stages its inputs on the workspace, the pods
+    train together (a world of 2), the model comes back as the step's output. A retried step follows the job it
+    started; a job that fails fails the step with the pods' reason."""
+    from kfp.dsl import HTML, Dataset, Metrics, Model
+    from kubeflow.training.models import KubeflowOrgV1PyTorchJob
+    from kubeflow.training.api_client import ApiClient
+
+    from components import pytorchjob
+    from components.training import train_stage_across_nodes
+    from relightful.models import RelightModel
+
+    run, _ = local_run
+    operator = FakeTrainingOperator()
+    monkeypatch.setenv("KUBECONFIG", str(operator.kubeconfig(tmp_path / "kubeconfig")))
+    real_sleep = time.sleep
+    monkeypatch.setattr(pytorchjob.time, "sleep", lambda s: real_sleep(min(s, 0.5)))  # poll every 0.5 s, not 15
+    name, params = profile_params("smoke")
+
+    def step(stage: int, run_id: str, out: Path):
+        outputs = dict(model=Model(name="model", uri=str(out / "model")),
+                       metrics=Metrics(name="metrics", uri=str(out / "metrics")),
+                       samples=HTML(name="samples", uri=str(out / "samples.html")))
+        train_stage_across_nodes.python_func(
+            stage=stage, pairs=Dataset(name="pairs", uri=str(run / "merge-pairs" / "pairs")), params=_floats(params),
+            profile=name, track=False, workspace=str(tmp_path / "ws"), run_id=run_id, num_nodes=2,
+            nproc_per_node=1, gpus=False, image="ghcr.io/relightful/relightful:0.1.0-cpu", **outputs)
+        return outputs
+
+    try:
+        outputs = step(1, "Run_A", tmp_path / "a")
+        (job,) = operator.jobs.values()
+        typed = ApiClient().deserialize(type("R", (), {"data": json.dumps(job)})(), "KubeflowOrgV1PyTorchJob")
+        assert isinstance(typed, KubeflowOrgV1PyTorchJob)  # the Training Operator's own model of the object
+        assert typed.metadata.name == "relightful-run-a-stage1" and typed.metadata.namespace == "relightful"
+        assert {k: v.replicas for k, v in typed.spec.pytorch_replica_specs.items()} == {"Master": 1, "Worker": 1}
+        pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+        assert pod["containers"][0]["name"] == "pytorch"
+        assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == WORKSPACE_PVC
+        stage_dir = tmp_path / "ws" / "runs" / "Run_A" / "stage1"
+        args = pod["containers"][0]["args"]
+        assert args[args.index("--pairs") + 1] == str(stage_dir / "inputs" / "pairs")
+        latest = stage_dir / "checkpoints" / (stage_dir / "checkpoints" / "latest").read_text().strip()
+        state = json.loads((latest / "state.json").read_text())
+        assert (latest / "optimizer-rank00001.safetensors").is_file()  # the second pod's rank wrote its shard
+        assert state["world"] == 2 and state["step"] == params["stage1"]["steps"]
+        assert outputs["metrics"].metadata["steps"] == params["stage1"]["steps"]
+        assert RelightModel.from_pretrained(tmp_path / "a" / "model").config is not None
+
+        step(1, "Run_A", tmp_path / "retry")  # a retried step: no second job, the finished one's model
+        assert operator.created == 1
+        assert sorted(p.name for p in (tmp_path / "retry" / "model").iterdir()) == \
+            sorted(p.name for p in (tmp_path / "a" / "model").iterdir())
+
+        with pytest.raises(pytorchjob.PyTorchJobFailed, match="relightful/relightful-run-b-stage2 failed: .* 2 replica"
+                           r".*kubectl -n relightful logs -l training.kubeflow.org/job-name=relightful-run-b-stage2"):
+            step(2, "Run_B", tmp_path / "b")  # stage 2 without the model to start from: the pods exit 1
+        assert all("give --init" in log for log in operator.logs["relightful-run-b-stage2"])
+    finally:
+        operator.close()
