@@ -201,8 +201,9 @@ def add_tracking_parsers(subparsers) -> None:
 
     p = subparsers.add_parser(
         "promote", help="move the champion alias to a candidate version only if it wins on held-out pairs",
-        description="Scores the candidate version (--version or --model; default: the latest) and the champion of MODEL_NAME on the same "
-                    "held-out pairs (params.yaml `promote`: metric, margin, split, max_pairs, seed). The candidate "
+        description="Scores the candidate version (--version or --model; default: the latest) and the champion of "
+                    "MODEL_NAME on the same held-out pairs (params.yaml `promote`: metric, margin, split, max_pairs, "
+                    "seed). The candidate "
                     "becomes champion when its metric beats the champion's by more than the margin (or when there "
                     "is no champion), challenger otherwise; the decision and both metric sets are tagged on the "
                     "version (promotion.*). Re-running changes nothing.")
