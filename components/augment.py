@@ -1,12 +1,11 @@
 """Augmentation component: stage-3 pairs synthesised from natural portraits with the stage-2 model."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.images import CUDA_IMAGE
+from components.images import CUDA_IMAGE, project_component
 
 
-@dsl.component(base_image=CUDA_IMAGE)
+@project_component(CUDA_IMAGE)
 def augment(natural: Input[Dataset], stage2: Input[Model], params: dict, profile: str, track: bool,
             natural_pairs: Output[Dataset]):
     """Relight each portrait with the stage-2 model towards other backgrounds: the natural pairs of stage 3."""

@@ -3,13 +3,12 @@ portraits. Each output is a folder artifact laid out as the job writes it under 
 
 from typing import List
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
-from components.images import CPU_IMAGE
+from components.images import CPU_IMAGE, project_component
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def starter_data(params: dict, profile: str, track: bool, hdri: Output[Dataset]):
     """The starter HDR maps (CC0 maps from the image's packages + procedural skies)."""
     from components.job import run_job
@@ -17,7 +16,7 @@ def starter_data(params: dict, profile: str, track: bool, hdri: Output[Dataset])
     run_job(["starter-data", "--out", hdri.path], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def synthetic_stage(params: dict, profile: str, track: bool, lightstage: Output[Dataset]):
     """Procedural subjects rendered per LED: OLAT sets in `subjects/` and the rig in `rig.json`."""
     from components.job import run_job
@@ -25,7 +24,7 @@ def synthetic_stage(params: dict, profile: str, track: bool, lightstage: Output[
     run_job(["synthetic-stage", "--out", lightstage.path], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def ingest_hdr(hdri: Input[Dataset], lightstage: Input[Dataset], params: dict, profile: str, track: bool,
                envmaps: Output[Dataset]):
     """Validated, resampled maps with their LED weights and manifest."""
@@ -37,7 +36,7 @@ def ingest_hdr(hdri: Input[Dataset], lightstage: Input[Dataset], params: dict, p
              "--output", envmaps.path], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def worker_indices(num_workers: int) -> List[int]:
     """0..num_workers-1: the items of the rendering fan-out."""
     if num_workers < 1:
@@ -45,7 +44,7 @@ def worker_indices(num_workers: int) -> List[int]:
     return list(range(num_workers))
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def render_pairs_part(lightstage: Input[Dataset], envmaps: Input[Dataset], worker: int, num_workers: int,
                       params: dict, profile: str, track: bool, part: Output[Dataset]):
     """One worker's shards of the pair rendering (every shard ≡ worker mod num_workers) and its manifest part."""
@@ -58,7 +57,7 @@ def render_pairs_part(lightstage: Input[Dataset], envmaps: Input[Dataset], worke
              "--shard-index", str(int(worker)), "--num-shards", str(num_workers)], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def merge_pairs(parts: Input[List[Dataset]], lightstage: Input[Dataset], envmaps: Input[Dataset], num_workers: int,
                 params: dict, profile: str, track: bool, pairs: Output[Dataset]):
     """The workers' parts in one folder, then the manifest and map store: the folder a single run writes."""
@@ -75,7 +74,7 @@ def merge_pairs(parts: Input[List[Dataset]], lightstage: Input[Dataset], envmaps
              "--num-shards", str(num_workers)], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def validate_data(envmaps: Input[Dataset], pairs: Input[Dataset], params: dict, profile: str, track: bool,
                   report: Output[Artifact]):
     """The data expectations on both manifests; a failed expectation fails the task (and so the run). The report
@@ -90,7 +89,7 @@ def validate_data(envmaps: Input[Dataset], pairs: Input[Dataset], params: dict, 
              "--report", os.path.join(report.path, "data_validation.json")], params, profile, track)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def natural_starter(hdri: Input[Dataset], params: dict, profile: str, track: bool, natural: Output[Dataset]):
     """Starter natural portraits (with mattes) in `portraits/` and backgrounds in `backgrounds/`."""
     from components.job import run_job

@@ -1,12 +1,11 @@
 """Evaluation and promotion components."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.images import CUDA_IMAGE
+from components.images import CUDA_IMAGE, project_component
 
 
-@dsl.component(base_image=CUDA_IMAGE)
+@project_component(CUDA_IMAGE)
 def evaluate(model: Input[Model], pairs: Input[Dataset], natural_pairs: Input[Dataset], lightstage: Input[Dataset],
              params: dict, profile: str, track: bool, require_quality_bar: bool, report: Output[HTML],
              metrics: Output[Metrics], evaluation: Output[Artifact]):
@@ -31,7 +30,7 @@ def evaluate(model: Input[Model], pairs: Input[Dataset], natural_pairs: Input[Da
     metrics.log_metric("quality_bar_passed", float(bool(summary["quality_bar"]["passed"])))
 
 
-@dsl.component(base_image=CUDA_IMAGE)
+@project_component(CUDA_IMAGE)
 def promote(model: Input[Model], pairs: Input[Dataset], params: dict, profile: str, model_name: str,
             decision: Output[Artifact]) -> str:
     """Move `model_name@champion` to the version registered from `model` only if it beats the champion on the

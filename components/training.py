@@ -2,13 +2,12 @@
 node's GPUs (torchrun when more than one); `train_stage_across_nodes` launches a PyTorchJob over several pods and
 waits for it (pipelines compiled with `--num-nodes N`). Both write the same outputs."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.images import CPU_IMAGE, CUDA_IMAGE
+from components.images import CPU_IMAGE, CUDA_IMAGE, project_component
 
 
-@dsl.component(base_image=CUDA_IMAGE)
+@project_component(CUDA_IMAGE)
 def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, track: bool, workspace: str,
                 run_id: str, nproc_per_node: int, model: Output[Model], metrics: Output[Metrics],
                 samples: Output[HTML], init: Input[Model] = None):
@@ -29,7 +28,7 @@ def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, t
     write_training_outputs(stage, paths, model, metrics, samples)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@project_component(CPU_IMAGE)
 def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, profile: str, track: bool,
                              workspace: str, run_id: str, num_nodes: int, nproc_per_node: int, gpus: bool,
                              image: str, model: Output[Model], metrics: Output[Metrics], samples: Output[HTML],
