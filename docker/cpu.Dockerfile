@@ -1,6 +1,16 @@
 # CPU image: ghcr.io/relightful/relightful:0.1.0-cpu
 #   docker build -f docker/cpu.Dockerfile -t ghcr.io/relightful/relightful:0.1.0-cpu --build-arg GIT_COMMIT="$(git rev-parse HEAD)" .
 # Runs every pipeline step that needs no GPU, the MLflow server and the schedule Job.
+# The starter set's CC0 maps come from two packages (DESIGN 5; relightful.data.starter). They are fetched here, at
+# build time, into the cache the job reads, so that a pod runs `relightful starter-data` with no package index.
+FROM node:22.12.0-bookworm-slim AS starter-npm
+WORKDIR /cache
+RUN npm pack @pmndrs/assets@1.7.0 --silent
+
+FROM python:3.11.14-slim-bookworm AS starter-deb
+WORKDIR /cache
+RUN apt-get update && apt-get download blender-data && rm -rf /var/lib/apt/lists/*
+
 FROM python:3.11.14-slim-bookworm
 
 # The build context has no .git (see .dockerignore): training tags model versions with this commit instead.
@@ -34,6 +44,9 @@ RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,m
 COPY components /opt/relightful/components
 COPY pipelines /opt/relightful/pipelines
 COPY params.yaml dvc.yaml /opt/relightful/
+COPY --from=starter-npm /cache/pmndrs-assets-1.7.0.tgz /opt/relightful/starter-cache/
+COPY --from=starter-deb /cache/ /opt/relightful/starter-cache/
+ENV RELIGHTFUL_STARTER_CACHE=/opt/relightful/starter-cache
 
 # Numeric user so that Kubernetes' runAsNonRoot can verify it.
 USER 1000:1000

@@ -639,8 +639,19 @@ def test_dockerfile_contract(name):
     for base in bases:
         assert re.search(r":[\w.-]+$", base) and not base.endswith(":latest"), f"{base}: pin the base by tag"
     if name == "cpu":
-        assert len(stages) == 1 and re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", bases[0])
+        assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", bases[-1])
         index = "https://download.pytorch.org/whl/cpu"
+        # the starter set's packages come with the image (the pods run starter-data without a package index),
+        # in the cache the job reads and in the version it pins
+        from relightful.data.starter import PMNDRS_VERSION
+
+        text = DOCKERFILES[name].read_text()
+        assert f"npm pack @pmndrs/assets@{PMNDRS_VERSION}" in text and "apt-get download blender-data" in text
+        final_env = " ".join(arg for ins, arg in stages[-1] if ins == "ENV")
+        cache = re.search(r"RELIGHTFUL_STARTER_CACHE=(\S+)", final_env).group(1)
+        copied = [arg.split() for ins, arg in stages[-1] if ins == "COPY" and arg.startswith("--from=starter")]
+        assert len(copied) == 2 and all(c[-1].rstrip("/") == cache for c in copied)
+        assert f"pmndrs-assets-{PMNDRS_VERSION}.tgz" in " ".join(copied[0])
     else:
         build, runtime = bases
         m = re.fullmatch(r"nvidia/cuda:(12\.\d+)\.\d+-(cudnn-)?devel-ubuntu(22|24)\.04", build)
