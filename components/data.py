@@ -62,13 +62,14 @@ def merge_pairs(parts: Input[List[Dataset]], lightstage: Input[Dataset], envmaps
                 params: dict, profile: str, track: bool, pairs: Output[Dataset]):
     """The workers' parts in one folder, then the manifest and map store: the folder a single run writes."""
     import os
+    import shutil
 
-    from components.job import copy_tree, run_job
+    from components.job import run_job
 
     if len(parts) != num_workers:
         raise ValueError(f"expected {num_workers} rendered parts, got {len(parts)}")
     for part in parts:
-        copy_tree(part.path, pairs.path)
+        shutil.copytree(part.path, pairs.path, dirs_exist_ok=True)
     run_job(["render-pairs", "--merge", "--subjects", os.path.join(lightstage.path, "subjects"),
              "--rig", os.path.join(lightstage.path, "rig.json"), "--envmaps", envmaps.path, "--out", pairs.path,
              "--num-shards", str(num_workers)], params, profile, track)

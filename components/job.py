@@ -104,10 +104,3 @@ def write_training_outputs(stage: int, paths: StagePaths, model, metrics, sample
                 f"<img src='data:image/png;base64,{data}'>")
     Path(samples.path).parent.mkdir(parents=True, exist_ok=True)
     Path(samples.path).write_text(f"<html><body>{body}</body></html>")
-
-
-def copy_tree(src: str | Path, dst: str | Path) -> None:
-    """Copy the files of folder `src` into folder `dst` (created), keeping sub-folders."""
-    import shutil
-
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -39,7 +39,7 @@ def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, pr
     import shutil
 
     from components import pytorchjob
-    from components.job import params_text, stage_paths, train_argv, write_training_outputs
+    from components.job import job_argv, params_text, stage_paths, train_argv, write_training_outputs
 
     paths = stage_paths(workspace, run_id, stage)
     inputs = paths.run_dir / "inputs"
@@ -49,8 +49,8 @@ def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, pr
     params_path = paths.run_dir / "params.yaml"
     params_path.write_text(params_text(params, profile))
     out = paths.run_dir / "model"
-    argv = train_argv(stage, str(inputs / "pairs"), str(out), paths, str(inputs / "init") if init is not None else None)
-    argv += ["--params", str(params_path), "--profile", profile, "--track" if track else "--no-track", "--quiet"]
+    argv = job_argv(train_argv(stage, str(inputs / "pairs"), str(out), paths,
+                               str(inputs / "init") if init is not None else None), params_path, profile, track)
     api, namespace = pytorchjob.kubernetes_api()
     job = pytorchjob.TrainJob(name=f"relightful-{run_id[:40].lower()}-stage{stage}".replace("_", "-"),
                               namespace=namespace, image=image, args=["-m", "relightful.cli", *argv],

@@ -97,3 +97,17 @@ def test_corrupt_safetensors_is_refused_without_unpickling(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04garbage-that-is-not-a-header")
     with pytest.raises(InputError, match=r"bad\.safetensors: not a valid safetensors file"):
         load_tensors(tmp_path / "bad.safetensors")
+
+
+def test_tensor_shape_reads_only_the_header(tmp_path):
+    from relightful.io.tensors import tensor_shape
+
+    save_tensors(tmp_path / "s.safetensors", {"matte": torch.zeros(3, 1, 16, 16), "w_a": torch.zeros(3, 5, 3)},
+                 drop_from_cache=True)
+    assert tensor_shape(tmp_path / "s.safetensors", "matte") == (3, 1, 16, 16)
+    assert torch.equal(load_tensors(tmp_path / "s.safetensors")["w_a"], torch.zeros(3, 5, 3))  # written through
+    with pytest.raises(InputError, match=r"s\.safetensors: no tensor 'x_a'"):
+        tensor_shape(tmp_path / "s.safetensors", "x_a")
+    (tmp_path / "bad.safetensors").write_bytes(b"xx")
+    with pytest.raises(InputError, match=r"bad\.safetensors: not a valid safetensors file"):
+        tensor_shape(tmp_path / "bad.safetensors", "matte")

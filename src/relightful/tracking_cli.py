@@ -124,9 +124,10 @@ def track_job(args: argparse.Namespace) -> None:
 def cmd_retrain_check(args: argparse.Namespace) -> int:
     from relightful.tracking.lineage import data_version
     from relightful.tracking.retrain import champion_version, decide_retrain
-    from relightful.tracking.runs import TrackingError, make_client, tracking_errors, tracking_uri
+    from relightful.tracking.models import default_tracking_uri
+    from relightful.tracking.runs import TrackingError, make_client, tracking_errors
 
-    uri = tracking_uri()
+    uri = default_tracking_uri()
     try:
         current = data_version(args.pairs, args.lock)
         client = make_client(uri)
@@ -171,11 +172,12 @@ def cmd_promote(args: argparse.Namespace) -> None:
 def _version_of_folder(model_dir: Path, name: str) -> str:
     """The version of `name` registered from the model folder `model_dir` (matched by the digest of its files)."""
     from relightful.tracking.registry import find_version_of_folder
-    from relightful.tracking.runs import make_client, tracking_errors, tracking_uri
+    from relightful.tracking.models import default_tracking_uri
+    from relightful.tracking.runs import make_client, tracking_errors
 
     if not Path(model_dir).is_dir():
         raise InputError(model_dir, "model folder not found")
-    uri = tracking_uri()
+    uri = default_tracking_uri()
     with tracking_errors(uri, f"looking up the version of {name} registered from {model_dir}"):
         version = find_version_of_folder(make_client(uri), model_dir, [name])
     if version is None:

@@ -27,11 +27,11 @@ from relightful.evaluation.config import EvalConfig
 from relightful.evaluation.light_direction import light_direction_errors
 from relightful.evaluation.metrics import image_metrics
 from relightful.io import InputError, load_tensors, srgb_decode, srgb_encode
-from relightful.training.data import read_manifest
+from relightful.io.tensors import tensor_shape
+from relightful.training.data import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
 IMAGE_KEYS = ("x_a", "x_b", "y_b", "matte")
 # Column order of the visual report: the composite, ours, each baseline, the oracle, the target.
 METHODS = ("composite", "model", "reinhard", "histogram", "oracle")
@@ -243,11 +243,11 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
 
 
 def _pair_size(pairs_dir: Path) -> int:
-    """The side of the pairs in a shard folder (from its first shard)."""
+    """The side of the pairs in a shard folder (from its first shard's header)."""
     first = sorted(pairs_dir.glob("shard-*.safetensors"))
     if not first:
         raise InputError(pairs_dir, "no shard-*.safetensors files")
-    return int(load_tensors(first[0])["matte"].shape[-1])
+    return int(tensor_shape(first[0], "matte")[-1])
 
 
 def holdout_scores(model: str | Path, pairs_dir: str | Path, split: str = "test", max_pairs: int = 64,

@@ -1,4 +1,5 @@
-"""Content digests: of one file, and of a whole folder (a model folder's identity across copies and machines)."""
+"""Content digests: of one file (sha256; md5 as DVC records it), and of a whole folder (a model folder's identity
+across copies and machines)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def _update(h, path: Path) -> None:
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
+    _update(h, Path(path))
+    return h.hexdigest()
+
+
+def md5_file(path: str | Path) -> str:
+    """Hex md5 of a file's bytes: DVC's content hash, so a file can be matched with its dvc.lock record."""
+    h = hashlib.md5()
     _update(h, Path(path))
     return h.hexdigest()
 

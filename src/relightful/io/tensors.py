@@ -50,6 +50,21 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(path, f"not a valid safetensors file ({err})") from err
 
 
+def tensor_shape(path: str | Path, key: str) -> tuple[int, ...]:
+    """The shape of tensor `key` from a safetensors header, without reading any tensor."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            shape = tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(path, f"not a valid safetensors file ({err})") from err
+    if shape is None:
+        raise InputError(path, f"no tensor {key!r}")
+    return shape
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata dict of a safetensors header (as `save_tensors` wrote it)."""
     from safetensors import safe_open

@@ -8,8 +8,7 @@ git commit), `jobs` (what each job logs), `retrain` (retrain-or-not), `promotion
 from relightful.tracking.lineage import DataVersion, data_version, git_commit
 from relightful.tracking.models import default_tracking_uri, is_model_uri, resolve_model
 from relightful.tracking.registry import RegisteredVersion, register_stage_model, stage_model_name
-from relightful.tracking.runs import RunTracker, TrackingError, tracking_uri
+from relightful.tracking.runs import RunTracker, TrackingError
 
 __all__ = ["DataVersion", "RegisteredVersion", "RunTracker", "TrackingError", "data_version", "default_tracking_uri",
-           "git_commit", "is_model_uri", "register_stage_model", "resolve_model", "stage_model_name",
-           "tracking_uri"]
+           "git_commit", "is_model_uri", "register_stage_model", "resolve_model", "stage_model_name"]

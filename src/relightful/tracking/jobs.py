@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from relightful.tracking.lineage import data_version, git_commit
+from relightful.tracking.models import default_tracking_uri
 from relightful.tracking.registry import RegisteredVersion, register_stage_model
-from relightful.tracking.runs import RunTracker, make_client, tracking_errors, tracking_uri
+from relightful.tracking.runs import RunTracker, make_client, tracking_errors
 
 
 def check_tracking(uri: str | None = None) -> str:
@@ -17,7 +18,7 @@ def check_tracking(uri: str | None = None) -> str:
     Raises `TrackingError` naming the URI when the store cannot be used."""
     from relightful.tracking.runs import EXPERIMENT, ensure_experiment
 
-    uri = uri or tracking_uri()
+    uri = uri or default_tracking_uri()
     client = make_client(uri)
     with tracking_errors(uri, "the tracking store cannot be reached"):
         ensure_experiment(client, EXPERIMENT, uri)
@@ -92,7 +93,7 @@ def log_evaluation(model: str | Path, metrics: Mapping[str, Any], report_dir: st
     Returns (run id, "models:/name/N" or None). Raises `TrackingError` naming the URI."""
     from relightful.io.digest import folder_digest
 
-    uri = uri or tracking_uri()
+    uri = uri or default_tracking_uri()
     client = make_client(uri)
     with tracking_errors(uri, f"cannot look up the registered version of {model}"):
         version = _candidate_version(client, str(model))

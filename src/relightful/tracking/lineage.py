@@ -10,7 +10,6 @@ always there so that versions of different sources can still be compared like fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from relightful.io.digest import md5_file
 from relightful.io.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -40,21 +40,13 @@ class DataVersion:
                 "data_manifest_md5": self.manifest_md5}
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_version(pairs_dir: str | Path, lock_path: str | Path = "dvc.lock") -> DataVersion:
     """The data version of `pairs_dir` (see the module docstring); `InputError` when it has no manifest."""
     pairs_dir, lock_path = Path(pairs_dir), Path(lock_path)
     manifest = pairs_dir / MANIFEST
     if not manifest.is_file():
         raise InputError(manifest, "pairs manifest not found: cannot tell the data version")
-    manifest_md5 = file_md5(manifest)
+    manifest_md5 = md5_file(manifest)
     entry = _lock_entry(pairs_dir, lock_path)
     if entry is not None and _entry_matches(entry, pairs_dir, manifest_md5, lock_path.parent):
         return DataVersion(str(entry["md5"]), SOURCE_LOCK, manifest_md5)
@@ -126,4 +118,4 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return os.environ.get("GIT_COMMIT") or "unknown"
 
 
-__all__ = ["DataVersion", "data_version", "file_md5", "git_commit"]
+__all__ = ["DataVersion", "data_version", "git_commit"]

@@ -86,9 +86,10 @@ def latest_version(client, name: str) -> str:
 def promote(name: str, score: Scorer, config: PromoteConfig, version: str | int | None = None,
             uri: str | None = None, client=None, max_rounds: int = 5) -> PromotionResult:
     """Run the gate for `version` of `name` (default: its latest version); see the module docstring."""
-    from relightful.tracking.runs import make_client, tracking_errors, tracking_uri
+    from relightful.tracking.models import default_tracking_uri
+    from relightful.tracking.runs import make_client, tracking_errors
 
-    uri = uri or tracking_uri()
+    uri = uri or default_tracking_uri()
     client = client or make_client(uri)
     with tracking_errors(uri, f"promotion of {name}"):
         return _promote(client, uri, name, score, config, version, max_rounds)

@@ -16,12 +16,10 @@ from pathlib import Path
 
 from relightful.io.digest import folder_digest
 from relightful.io.errors import InputError
+from relightful.tracking.models import CONFIG_FILE
 from relightful.tracking.runs import RunTracker, tracking_errors
 
 MODEL_ARTIFACT = "model"
-CONFIG_FILE = "relightful.json"
-
-
 DIGEST_TAG = "model_digest"  # sha256 of the model folder's files: finds the version of a local folder
 
 
@@ -54,7 +52,7 @@ def ensure_registered_model(client, name: str) -> None:
 
 def register_stage_model(stage: int, model_dir: str | Path, run: RunTracker | str,
                          tags: Mapping[str, str] | None = None) -> RegisteredVersion:
-    """Log `model_dir` as artifact `model` of `run` (a tracker, or a run id in the store of `tracking_uri()`) and
+    """Log `model_dir` as artifact `model` of `run` (a tracker, or a run id in the store of `default_tracking_uri()`) and
     register it as a new version of `relightful-stage{stage}`, tagged with `tags` (data_version, git_commit, ...)
     and `stage`."""
     if isinstance(run, str):
@@ -81,5 +79,5 @@ def find_version_of_folder(client, model_dir: str | Path, names: list[str]):
     return max(found, key=lambda v: int(v.creation_timestamp or 0), default=None)
 
 
-__all__ = ["DIGEST_TAG", "MODEL_ARTIFACT", "find_version_of_folder", "RegisteredVersion", "ensure_registered_model", "register_stage_model",
-           "stage_model_name"]
+__all__ = ["DIGEST_TAG", "MODEL_ARTIFACT", "RegisteredVersion", "ensure_registered_model", "find_version_of_folder",
+           "register_stage_model", "stage_model_name"]

@@ -33,11 +33,6 @@ class TrackingError(RuntimeError):
         super().__init__(f"MLflow tracking at {uri}: {reason}")
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`."""
-    return default_tracking_uri()
-
-
 def local_artifact_root(uri: str) -> Path | None:
     """`mlartifacts/` beside an embedded sqlite store's database file; None for a server or other store."""
     if not uri.startswith("sqlite:///"):
@@ -77,7 +72,7 @@ class RunTracker:
     @classmethod
     def start(cls, run_name: str, tags: Mapping[str, str] | None = None, uri: str | None = None,
               experiment: str = EXPERIMENT) -> "RunTracker":
-        uri = uri or tracking_uri()
+        uri = uri or default_tracking_uri()
         client = make_client(uri)
         with tracking_errors(uri, "cannot start a run"):
             experiment_id = ensure_experiment(client, experiment, uri)
@@ -87,7 +82,7 @@ class RunTracker:
     @classmethod
     def attach(cls, run_id: str, uri: str | None = None) -> "RunTracker":
         """An existing run (e.g. evaluation logging to the candidate's training run); `end` is up to the caller."""
-        uri = uri or tracking_uri()
+        uri = uri or default_tracking_uri()
         return cls(make_client(uri), run_id, uri)
 
     def __enter__(self) -> "RunTracker":
@@ -196,4 +191,4 @@ def tracking_errors(uri: str, what: str) -> Iterator[None]:
 
 
 __all__ = ["EXPERIMENT", "RunTracker", "TrackingError", "ensure_experiment", "flatten", "local_artifact_root",
-           "make_client", "tracking_errors", "tracking_uri"]
+           "make_client", "tracking_errors"]
