@@ -198,25 +198,41 @@ def test_evaluate_writes_every_metric_baseline_and_the_report(rendered_pairs: Pa
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["lightstage"]
     assert block["n_pairs"] == 6
-    assert set(block["methods"]) == {"composite", "model", "reinhard", "histogram", "oracle"}
+    assert list(block["methods"]) == ["composite", "model", "model_panorama", "reinhard", "histogram",
+                                      "gain_regression", "shading", "oracle_gain", "oracle_shading", "oracle"]
     for values in block["methods"].values():
         assert set(values) == {"mse", "psnr", "ssim", "fg_mse", "fg_psnr", "fg_ssim", "light_dir_err_deg", "lpips",
                                "fg_lpips"}
     oracle = block["methods"]["oracle"]
     assert oracle["fg_psnr"] > 45 and oracle["light_dir_err_deg"] < 1.0  # the renderer's answer: the upper bound
-    assert set(block["margins"]) == {"fg_psnr_vs_composite", "fg_psnr_vs_reinhard", "fg_ssim_vs_composite",
-                                     "fg_ssim_vs_reinhard"}
+    assert set(block["margins"]) == {f"{m}_vs_{b}" for m in ("fg_psnr", "fg_ssim", "light_dir_err_deg")
+                                     for b in ("composite", "reinhard", "histogram", "gain_regression", "shading")}
+    summary = block["methods"]
+    assert block["margins"]["fg_psnr_vs_gain_regression"] == pytest.approx(
+        summary["model"]["fg_psnr"] - summary["gain_regression"]["fg_psnr"], abs=1e-5)
+    assert block["margins"]["light_dir_err_deg_vs_shading"] == pytest.approx(
+        summary["shading"]["light_dir_err_deg"] - summary["model"]["light_dir_err_deg"], abs=1e-5)
+    assert block["headroom_share"] == pytest.approx(
+        (summary["model"]["fg_psnr"] - summary["composite"]["fg_psnr"])
+        / (summary["oracle_shading"]["fg_psnr"] - summary["composite"]["fg_psnr"]), abs=1e-5)
     assert metrics["lpips"]["computed"] and metrics["quality_bar"]["statement"]
+    assert metrics["gain_regression"]["computed"] and metrics["gain_regression"]["n_train"] == 64
+    assert metrics["model_panorama"]["computed"]
+    conditions = {c["condition"]: c for c in metrics["quality_bar"]["conditions"]}
+    assert conditions["fg PSNR − composite (dB)"]["value"] == block["margins"]["fg_psnr_vs_composite"]
+    assert len(conditions) == 2 + 3 + 5 + 1  # PSNR +3 / +1 dB, PSNR and SSIM above each baseline, direction
+    assert metrics["quality_bar"]["passed"] == all(c["passed"] for c in conditions.values())
     per_pair = pd.read_csv(out / "per_pair.csv")
-    assert len(per_pair) == 6 * 5 and set(per_pair.scenario) == {"lightstage"}
+    assert len(per_pair) == 6 * 10 and set(per_pair.scenario) == {"lightstage"}
     plot = pd.read_csv(out / "plots" / "lightstage_fg_psnr.csv")
     assert len(plot) == 6 and {"pair", "composite", "model", "oracle"} <= set(plot.columns)
     import cv2
 
     grid = cv2.imread(str(out / "grid.png"))
-    assert grid is not None and grid.shape[1] == 6 * 128  # composite, model, reinhard, histogram, oracle, target
+    assert grid is not None and grid.shape[1] == 11 * 128  # the 10 methods, then the target
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "fg_psnr" in page
+    assert "Quality bar (DESIGN 4)" in page and "share of the headroom" in page and "gain_regression fitted" in page
 
 
 def test_evaluate_without_lpips_weights_says_why(rendered_pairs: Path, model_dir: Path, tmp_path: Path):
@@ -262,7 +278,8 @@ def test_evaluate_scores_natural_pairs_against_the_real_photos(tmp_path: Path, m
                              natural_pairs=tmp_path / "natural")
     natural = metrics["natural"]
     assert natural["n_pairs"] == min(3, n_test)
-    assert set(natural["methods"]) == {"composite", "model", "reinhard", "histogram"}
+    assert list(natural["methods"]) == ["composite", "model", "reinhard", "histogram", "gain_regression", "shading"]
+    assert natural["headroom_share"] is None  # no oracle_shading without light-stage ground truth
     per_pair = pd.read_csv(tmp_path / "eval" / "per_pair.csv")
     assert set(per_pair.scenario) == {"lightstage", "natural"}
     assert (tmp_path / "eval" / "plots" / "natural_fg_psnr.csv").is_file()

@@ -120,6 +120,23 @@ def test_bad_subject_is_skipped_and_reported(ingested, small_rig):
     assert main(args + ["--max-rejected", "1"]) == 0
 
 
+def test_per_split_pair_counts_and_split_floors(ingested, small_rig):
+    """`plan.pairs_per_subject` per split and `plan.min_subjects` / `min_maps` floors, through the CLI's --set."""
+    args = ["render-pairs", "--subjects", str(ingested["subjects"]), "--rig", str(ingested["rig"]),
+            "--envmaps", str(ingested["envmaps"]), "--out", str(ingested["pairs"]), "--quiet",
+            "--set", "size=16", "--set", "weights_height=8", "--set", "panorama_height=8",
+            "--set", "plan.pairs_per_subject={train: 5, val: 2, test: 3}", "--set", "plan.pairs_per_shard=4",
+            "--set", "plan.min_subjects={test: 2}", "--set", "plan.min_maps={test: 3}"]
+    assert main(args) == 0
+    manifest = pd.read_parquet(ingested["pairs"] / "manifest.parquet")
+    subjects = manifest.groupby("split").subject_id.nunique().to_dict()
+    assert subjects == {"train": 2, "val": 1, "test": 2}  # 5 subjects: test lifted from 0.1·5 to 2
+    assert manifest.groupby("split").size().to_dict() == {"train": 10, "val": 2, "test": 6}
+    test_maps = set(manifest.env_a[manifest.split == "test"]) | set(manifest.env_b[manifest.split == "test"])
+    assert 2 <= len(test_maps) <= 3 and not test_maps & set(manifest.env_a[manifest.split != "test"])
+    assert manifest.groupby("shard").split.nunique().max() == 1
+
+
 def test_panorama_store_gives_z_b(ingested, small_rig):
     manifest = _render(ingested, small_rig, ingested["pairs"])
     store = load_tensors(ingested["pairs"] / "envmaps.safetensors")

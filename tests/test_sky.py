@@ -1,5 +1,6 @@
-"""The analytic clear sky: geometry of the sun, its energy and size, colours, ground, determinism."""
+"""The analytic sky: geometry of the sun, its energy and size, colours, clouds, ground, variety, determinism."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 from relightful.lighting import latlong_directions, latlong_solid_angles, rotate_envmap
 from relightful.lighting.sky import (
     SUN_RADIUS_DEG,
+    cloud_mask,
+    cloud_transmittance,
     preetham_sky,
     random_sky,
     random_sky_params,
@@ -152,8 +155,90 @@ def test_random_sky_is_deterministic_and_in_range():
     rng = np.random.default_rng(0)
     for _ in range(50):
         p = random_sky_params(rng)
-        assert 5 <= p.elevation_deg <= 80 and -180 <= p.azimuth_deg < 180 and 2 <= p.turbidity <= 3
-        assert 0.05 <= p.ground_albedo <= 0.25
+        assert 2 <= p.elevation_deg <= 85 and -180 <= p.azimuth_deg < 180 and 2 <= p.turbidity <= 6
+        assert 0.05 <= p.ground_albedo <= 0.85 and 0.0 <= p.cloud_cover <= 1.0
+        assert sky_envmap(4, **dataclasses.asdict(p)).min() >= 0.0
+
+
+def test_random_skies_vary_in_sun_clouds_haze_and_ground():
+    """Training generalises only if maps vary: 200 draws cover low and high suns, every azimuth quadrant, clear,
+    scattered and overcast skies, clear and hazy air, dark and bright grounds of several colours."""
+    rng = np.random.default_rng(1)
+    ps = [random_sky_params(rng) for _ in range(200)]
+    elevation = np.array([p.elevation_deg for p in ps])
+    cover = np.array([p.cloud_cover for p in ps])
+    assert (elevation < 15).mean() > 0.1 and (elevation > 60).mean() > 0.2
+    assert len({int((p.azimuth_deg + 180) // 90) for p in ps}) == 4
+    assert 0.25 < (cover == 0).mean() < 0.45 and 0.15 < (cover >= 0.85).mean() < 0.35
+    assert ((cover > 0.1) & (cover < 0.75)).mean() > 0.3
+    turbidity = np.array([p.turbidity for p in ps])
+    assert turbidity.min() < 2.5 and turbidity.max() > 5.5
+    albedo = np.array([p.ground_albedo for p in ps])
+    assert albedo.min() < 0.1 and albedo.max() > 0.6
+    assert len({p.ground_tint for p in ps}) >= 5
+    assert len({p.cloud_seed for p in ps}) == 200
+
+
+def _sun_part(height, **kw):
+    return sky_envmap(height, **kw) - sky_envmap(height, **kw, sun=False)
+
+
+def test_overcast_sky_hides_the_sun_and_dims_the_light():
+    height, kw = 64, dict(elevation_deg=50.0, azimuth_deg=20.0, turbidity=3.0)
+    clear = sky_envmap(height, **kw)
+    overcast = sky_envmap(height, **kw, cloud_cover=1.0, cloud_seed=5)
+    assert np.abs(_sun_part(height, **kw, cloud_cover=1.0, cloud_seed=5)).max() == 0.0  # no sun disc
+    ratio = _horizontal_irradiance(overcast) / _horizontal_irradiance(clear)
+    np.testing.assert_allclose(ratio, cloud_transmittance(1.0), rtol=1e-2)  # of all light, through the clouds
+    # soft light: the brightest sky pixel is within a few times the mean, against about 10^5 for the clear sky
+    up = latlong_directions(height)[..., 1] > 0
+    lum, lum_clear = overcast @ LUM, clear @ LUM
+    assert lum[up].max() / lum[up].mean() < 3.0 and lum_clear[up].max() / lum_clear[up].mean() > 1e3
+    # brighter towards the zenith (CIE overcast sky), a near-neutral colour
+    assert lum[1].mean() > 2.0 * lum[height // 2 - 1].mean()
+    zenith = overcast[0].mean(axis=0)
+    assert zenith.max() / zenith.min() < 1.5
+
+
+@pytest.mark.parametrize("cover", [0.2, 0.5, 0.8])
+def test_cloud_cover_is_the_covered_fraction_of_the_sky(cover):
+    height = 64
+    d = latlong_directions(height).astype(np.float64)
+    omega = latlong_solid_angles(height).astype(np.float64)
+    mask, at = cloud_mask(d, omega, cover, seed=3, at=d[5, 7])
+    up = d[..., 1] > 0
+    assert (mask[up] * omega[up]).sum() / omega[up].sum() == pytest.approx(cover, abs=0.05)
+    assert at == pytest.approx(mask[5, 7])  # the sun's opacity uses the same field and threshold
+    assert 0.0 <= mask.min() and mask.max() <= 1.0
+
+
+def test_scattered_clouds_either_show_or_hide_the_sun():
+    """The sun disc is dimmed by the cloud in its direction: some seeds leave it visible, others hide it."""
+    shown = []
+    for seed in range(12):
+        sun = _sun_part(32, elevation_deg=40.0, azimuth_deg=0.0, cloud_cover=0.5, cloud_seed=seed)
+        full = _sun_part(32, elevation_deg=40.0, azimuth_deg=0.0)
+        shown.append(float(sun.sum() / full.sum()))
+    shown = np.array(shown)
+    assert ((shown > 0.9).sum() >= 2) and ((shown < 0.1).sum() >= 2)
+    assert np.all((shown >= 0.0) & (shown <= 1.0 + 1e-6))
+    a = sky_envmap(16, 40.0, 0.0, cloud_cover=0.5, cloud_seed=1)
+    np.testing.assert_array_equal(a, sky_envmap(16, 40.0, 0.0, cloud_cover=0.5, cloud_seed=1))
+    assert not np.array_equal(a, sky_envmap(16, 40.0, 0.0, cloud_cover=0.5, cloud_seed=2))
+
+
+def test_ground_tint_colours_the_ground_at_its_albedo():
+    height = 16
+    up = latlong_directions(height)[..., 1] > 0
+    grey = sky_envmap(height, 45.0, 0.0, ground_albedo=0.2)[~up][0].astype(np.float64)
+    grass = sky_envmap(height, 45.0, 0.0, ground_albedo=0.2, ground_tint=(0.5, 1.0, 0.3))[~up][0].astype(np.float64)
+    tint = np.array([0.5, 1.0, 0.3])
+    np.testing.assert_allclose(grass, grey * tint / (tint @ LUM), rtol=1e-5)  # per channel, luminance albedo 0.2
+    assert grass[1] > grass[0] > grass[2]
+    with pytest.raises(ValueError, match="tint"):
+        sky_envmap(height, 45.0, 0.0, ground_tint=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="above 1"):
+        sky_envmap(height, 45.0, 0.0, ground_albedo=0.9, ground_tint=(0.05, 0.05, 1.0))
 
 
 def test_rejects_bad_parameters():
@@ -163,3 +248,5 @@ def test_rejects_bad_parameters():
         sky_envmap(8, 45.0, 0.0, turbidity=20.0)
     with pytest.raises(ValueError, match="albedo"):
         sky_envmap(8, 45.0, 0.0, ground_albedo=1.5)
+    with pytest.raises(ValueError, match="cloud cover"):
+        sky_envmap(8, 45.0, 0.0, cloud_cover=1.2)

@@ -16,6 +16,8 @@ import pytest
 
 from relightful.data import starter
 from relightful.data.starter import (
+    BLENDER_MAPS,
+    PMNDRS_MAPS,
     StarterDataError,
     build_starter_set,
     clip_negatives,
@@ -26,6 +28,7 @@ from relightful.data.starter import (
     negative_energy_fraction,
     read_blender_maps,
     read_pmndrs_maps,
+    starter_map_ids,
     write_skies,
 )
 from relightful.io import InputError, read_hdr
@@ -129,18 +132,25 @@ def test_read_pmndrs_maps_from_a_tarball(tmp_path):
         read_pmndrs_maps(tmp_path / "junk.tgz")
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
-def test_read_blender_maps_from_a_deb(tmp_path):
+def _fake_blender_deb(tmp_path, names=("forest",), version="9.9-1"):
     root = tmp_path / "pkg"
     world = root / "usr/share/blender/datafiles/studiolights/world"
     world.mkdir(parents=True)
-    (world / "forest.exr").write_bytes(_exr_bytes(_map(3, 8)))
+    for k, name in enumerate(names):
+        (world / f"{name}.exr").write_bytes(_exr_bytes(_map(3 + k, 8)))
     (world / "license.txt").write_text("CC0")
     (root / "DEBIAN").mkdir()
-    (root / "DEBIAN/control").write_text("Package: blender-data\nVersion: 9.9-1\nArchitecture: all\n"
+    (root / "DEBIAN/control").write_text(f"Package: blender-data\nVersion: {version}\nArchitecture: all\n"
                                          "Maintainer: t <t@example.org>\nDescription: test\n")
-    deb = tmp_path / "blender-data_9.9-1_all.deb"
+    deb = tmp_path / f"blender-data_{version}_all.deb"
     subprocess.run(["dpkg-deb", "-Zgzip", "--build", str(root), str(deb)], check=True, capture_output=True)
+    shutil.rmtree(root)
+    return deb
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_read_blender_maps_from_a_deb(tmp_path):
+    deb = _fake_blender_deb(tmp_path)
     version, maps = read_blender_maps(deb)
     assert version == "9.9-1"
     assert [m.name for m in maps] == ["forest"]
@@ -169,6 +179,47 @@ def test_build_from_cached_package_writes_clipped_maps_and_checksums(tmp_path):
     np.testing.assert_array_equal(image, np.maximum(_map(0), 0.0))
     assert index["sky-001.exr"]["params"]["turbidity"] >= 2.0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_blender_duplicate_of_a_pmndrs_map_is_left_out(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _fake_pmndrs_tgz(cache / "pmndrs-assets-1.7.0.tgz", names=("city", "sunrise"))
+    _fake_blender_deb(cache, names=("forest", "sunrise"))
+    out = tmp_path / "blender-only"
+    build_starter_set(out, sources=("blender",), cache_dir=cache, progress=False)
+    assert sorted(_check_sources(out)) == ["blender-forest.exr", "blender-sunrise.exr"]  # alone it is kept
+    build_starter_set(out, sources=("pmndrs", "blender"), cache_dir=cache, progress=False)  # a stale copy goes too
+    files = sorted(p.name for p in out.glob("*.exr"))
+    assert files == sorted(_check_sources(out)) == ["blender-forest.exr", "pmndrs-city.exr", "pmndrs-sunrise.exr"]
+
+
+def test_starter_map_ids_lists_the_maps_written_without_fetching(tmp_path):
+    assert starter_map_ids(("sky",), 3) == ["sky-000", "sky-001", "sky-002"]
+    ids = starter_map_ids(("pmndrs", "blender", "sky"), 5)
+    assert len(ids) == len(set(ids)) == 18 + 7 + 5
+    assert "pmndrs-sunrise" in ids and "blender-sunrise" not in ids
+    assert len(starter_map_ids(("blender",), 0)) == 8
+    entries = build_starter_set(tmp_path, sources=("sky",), n_skies=3, sky_height=4, progress=False)
+    assert [e["file"][:-4] for e in entries] == starter_map_ids(("sky",), 3)
+
+
+def test_map_names_match_the_cached_packages():
+    """The pinned package's map names are those `starter_map_ids` assumes (checked when the packages are cached)."""
+    cache = starter.default_cache_dir()
+    tgz = cache / f"pmndrs-assets-{starter.PMNDRS_VERSION}.tgz"
+    debs = sorted(cache.glob("blender-data_*.deb"))
+    if not tgz.is_file() and not debs:
+        pytest.skip(f"no starter packages cached in {cache}")
+    if tgz.is_file():
+        with tarfile.open(tgz) as tar:
+            names = sorted(m.group(1) for n in tar.getnames() if (m := starter._PMNDRS_MEMBER.search(n)))
+        assert tuple(names) == PMNDRS_MAPS
+    if debs and shutil.which("dpkg-deb"):
+        listing = subprocess.run(["dpkg-deb", "-c", str(debs[-1])], capture_output=True, text=True, check=True).stdout
+        names = sorted(m.group(1) for line in listing.splitlines() if (m := starter._BLENDER_MEMBER.search(line)))
+        assert tuple(names) == BLENDER_MAPS
 
 
 def test_sources_json_merges_runs(tmp_path):

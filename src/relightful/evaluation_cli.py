@@ -4,6 +4,7 @@ Kept apart from cli.py (as the other job groups are); cli.py registers it with `
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -13,11 +14,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from relightful.tracking_cli import start_tracking
 
     cfg = cli._config(EvalConfig, args, "evaluate")
+    compare = parse_compare(args.compare)
     tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
     natural = args.natural_pairs if args.natural_pairs and (args.natural_pairs / "manifest.parquet").is_file() else None
     if args.natural_pairs and natural is None:
         raise cli.JobFailed(f"{args.natural_pairs / 'manifest.parquet'}: natural pair manifest not found")
-    metrics = evaluate_model(args.model, args.pairs, args.out, cfg, natural, args.subjects, progress=not args.quiet)
+    metrics = evaluate_model(args.model, args.pairs, args.out, cfg, natural, args.subjects, progress=not args.quiet,
+                             compare=compare)
     for scenario in ("lightstage", "natural"):
         block = metrics.get(scenario)
         if block is None:
@@ -27,20 +30,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("fg_psnr", "fg_ssim", "psnr", "ssim")
                               if values.get(k) is not None)
             err = values.get("light_dir_err_deg")
-            print(f"  {method:<10} {shown}" + ("" if err is None else f", light dir err {err:.1f}°"))
+            print(f"  {method:<16} {shown}" + ("" if err is None else f", light dir err {err:.1f}°"))
+        if block.get("headroom_share") is not None:
+            print(f"  share of the headroom up to oracle_shading (fg PSNR): {block['headroom_share']:.3f}")
+        if block.get("stage_comparison"):
+            print(f"  {block['stage_comparison']['statement']}")
     print(metrics["quality_bar"]["statement"])
     if not metrics["lpips"]["computed"]:
         print(f"LPIPS not computed: {metrics['lpips']['reason']}")
     print(f"evaluate: report -> {args.out}/report.html, metrics -> {args.out}/metrics.json")
     if tracking:
         _track(args.model, metrics, args.out)
-    skipped = {f: e for scenario in ("lightstage", "natural") for f, e in
-               (metrics.get(scenario) or {}).get("skipped_shards", {}).items()}
+    skipped = {f: e for block in ("lightstage", "natural", "gain_regression") for f, e in
+               (metrics.get(block) or {}).get("skipped_shards", {}).items()}
     if skipped:
         raise cli.JobFailed(f"{len(skipped)} shard(s) could not be read and were left out of the report: "
                             + "; ".join(skipped.values()))
     if args.require_quality_bar and not metrics["quality_bar"]["passed"]:
         raise cli.JobFailed("the quality bar is not met (--require-quality-bar)")
+
+
+def parse_compare(items: list[str] | None) -> dict[str, str]:
+    """`--compare NAME=MODEL` values -> {NAME: MODEL}; NAME becomes the method "model_NAME"."""
+    from relightful import cli
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, model = item.partition("=")
+        if not sep or not model or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise cli.JobFailed(f"--compare {item!r}: expected NAME=MODEL, NAME of letters, digits, '_' or '-'")
+        if name in out or name == "panorama":
+            raise cli.JobFailed(f"--compare {item!r}: the name {name!r} is "
+                                + ("given twice" if name in out else "taken (model_panorama)"))
+        out[name] = model
+    return out
 
 
 def _track(model, metrics: dict, out: Path) -> None:
@@ -64,8 +87,14 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--natural-pairs", type=Path, default=None, help="natural (stage-3) pair shards + manifest")
     p.add_argument("--subjects", type=Path, default=None,
                    help="the light stage's OLAT subjects folder: enables the oracle relight (upper bound)")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                   help="also score MODEL (folder or MLflow URI) as method model_NAME on both scenarios, e.g. "
+                        "--compare stage1=models/stage1 --compare stage2=models/stage2 (repeatable; with both of "
+                        "those the report states the effect of stage 2's alignment)")
     p.add_argument("--out", type=Path, default=Path("reports/eval"))
     p.add_argument("--require-quality-bar", action="store_true",
-                   help="exit 1 unless the model beats paste and Reinhard on light-stage fg PSNR and SSIM")
+                   help="exit 1 unless the model meets DESIGN 4's bar on the light-stage test pairs (fg PSNR ≥ "
+                        "composite + 3 dB and ≥ gain_regression + 1 dB, fg PSNR and SSIM above every baseline, "
+                        "light-direction error ≤ 35°)")
     cli._add_params(p)
     p.set_defaults(func=cmd_evaluate)

@@ -6,7 +6,14 @@ Sources (DESIGN 5):
 - ``blender``: Debian's ``blender-data``, 8 Poly Haven maps, 1024×512 DWAB EXR in
   ``datafiles/studiolights/world/``; fetched with ``apt-get download`` (the version the host's apt lists offer), read
   with ``dpkg-deb --fsys-tarfile`` (nothing is installed or unpacked to disk).
-- ``sky``: clear skies of `relightful.lighting.sky` drawn from a seed.
+- ``sky``: procedural skies of `relightful.lighting.sky` drawn from a seed (clear, scattered clouds or overcast, sun
+  high or low, clear or hazy air, grounds of several colours): cheap (about 25 ms each at H = 128), so the tiny
+  profile draws enough of them that training keeps many maps after val and test take theirs.
+
+One Blender map is the same Poly Haven map as a pmndrs one (``sunrise``: correlation 0.99 of the log maps at zero
+rotation; the others are below 0.85): when both sources are written it is left out, so that a map never sits in two
+splits under two names (`BLENDER_DUPLICATES`). `starter_map_ids` lists the ids a configuration writes without
+fetching or rendering anything (the pair plan of a profile can be computed from it).
 
 Downloads go through those package clients into a cache folder (``$RELIGHTFUL_STARTER_CACHE``, else
 ``$XDG_CACHE_HOME/relightful/starter``, else ``~/.cache/relightful/starter``); a cached package is never fetched again.
@@ -52,6 +59,11 @@ DEFAULT_OUT_DIR = Path("data/raw/hdri")
 DEFAULT_SOURCES = ("pmndrs", "blender", "sky")
 POLY_HAVEN = "Poly Haven (polyhaven.com, formerly HDRI Haven), CC0-1.0"
 CLIENT_TIMEOUT_S = 900
+# The maps of the pinned @pmndrs/assets and of Debian's blender-data (the same 8 names since Blender 2.80).
+PMNDRS_MAPS = ("apartment", "bridge", "city", "dawn", "esplanade", "forest", "hall", "lab", "lobby", "night", "park",
+               "sky", "studio", "sunrise", "sunset", "venice", "warehouse", "workshop")
+BLENDER_MAPS = ("city", "courtyard", "forest", "interior", "night", "studio", "sunrise", "sunset")
+BLENDER_DUPLICATES = {"sunrise": "pmndrs-sunrise"}  # blender map -> the pmndrs map it duplicates
 
 _PMNDRS_MEMBER = re.compile(r"(?:^|/)hdri/([A-Za-z0-9_.-]+)\.exr\.js$")
 _BLENDER_MEMBER = re.compile(r"datafiles/studiolights/world/([A-Za-z0-9_.-]+)\.exr$")
@@ -255,8 +267,9 @@ def fetch_blender_data(cache_dir: str | Path | None = None) -> Path:
 
 # ---------------------------------------------------------------- writing
 
-def record_sources(out_dir: str | Path, entries: Iterable[dict]) -> Path:
-    """Merge entries (keyed by their "file") into ``out_dir/SOURCES.json``, atomically; returns its path."""
+def record_sources(out_dir: str | Path, entries: Iterable[dict], drop: Iterable[str] = ()) -> Path:
+    """Merge entries (keyed by their "file") into ``out_dir/SOURCES.json``, atomically, leaving out the files in
+    `drop`; returns its path."""
     path = Path(out_dir) / SOURCES_FILE
     maps: dict[str, dict] = {}
     if path.is_file():
@@ -266,6 +279,8 @@ def record_sources(out_dir: str | Path, entries: Iterable[dict]) -> Path:
             maps = {}  # an unreadable index is rebuilt from what this run writes
     for entry in entries:
         maps[entry["file"]] = entry
+    for name in drop:
+        maps.pop(name, None)
     doc = {"description": "HDR environment maps of the relightful starter set (lat-long, linear float32 EXR)",
            "maps": [maps[k] for k in sorted(maps)]}
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
@@ -302,14 +317,23 @@ def write_pmndrs(out_dir: str | Path, cache_dir: str | Path | None = None, progr
     return write_package_maps(out_dir, "pmndrs", version, maps, f"npm:{PMNDRS_PACKAGE}", progress=progress)
 
 
-def write_blender(out_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
-    """Fetch (or reuse) Debian's blender-data and write its 8 world maps as ``blender-<name>.exr``."""
+def write_blender(out_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True,
+                  skip: Iterable[str] = ()) -> list[dict]:
+    """Fetch (or reuse) Debian's blender-data and write its 8 world maps as ``blender-<name>.exr``, but those named in
+    `skip` (removed from `out_dir` and SOURCES.json if an earlier run wrote them)."""
+    skip = set(skip)
     version, maps = read_blender_maps(fetch_blender_data(cache_dir))
-    return write_package_maps(out_dir, "blender", version, maps, f"deb:{BLENDER_PACKAGE}", progress=progress)
+    stale = [f"blender-{name}.exr" for name in sorted(skip)]
+    for name in stale:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+    if stale and (Path(out_dir) / SOURCES_FILE).is_file():
+        record_sources(out_dir, [], drop=stale)
+    return write_package_maps(out_dir, "blender", version, [m for m in maps if m.name not in skip],
+                              f"deb:{BLENDER_PACKAGE}", progress=progress)
 
 
 def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Write `n` random clear skies (`relightful.lighting.sky`) as ``sky-000.exr``...; same seed, same files."""
+    """Write `n` random skies (`relightful.lighting.sky`) as ``sky-000.exr``...; same seed, same files."""
     if n < 0 or height < 2:
         raise ValueError(f"need n >= 0 and height >= 2, got n={n}, height={height}")
     out_dir = Path(out_dir)
@@ -319,7 +343,8 @@ def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, p
         for k in tqdm(range(n), desc="skies", unit="map", disable=not progress):
             params = random_sky_params(rng)
             image = sky_envmap(height, **dataclasses.asdict(params))
-            info = {"source": "procedural:relightful.lighting.sky (Preetham 1999 sky, spectral sun, Lambertian ground)",
+            info = {"source": "procedural:relightful.lighting.sky (Preetham 1999 sky, spectral sun, noise clouds over "
+                              "a CIE overcast sky, Lambertian tinted ground)",
                     "version": relightful.__version__, "original": None, "license": "generated (no third-party rights)",
                     "seed": seed, "index": k, "params": dataclasses.asdict(params), "unit": "kcd/m^2 (luminance)"}
             entries.append(_write_map(out_dir, f"sky-{k:03d}.exr", image, info))
@@ -341,8 +366,9 @@ def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[s
         raise ValueError(f"unknown starter sources {unknown}; choose from {DEFAULT_SOURCES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    duplicates = BLENDER_DUPLICATES if "pmndrs" in sources else {}
     jobs = {"pmndrs": lambda: write_pmndrs(out_dir, cache_dir, progress),
-            "blender": lambda: write_blender(out_dir, cache_dir, progress),
+            "blender": lambda: write_blender(out_dir, cache_dir, progress, skip=duplicates),
             "sky": lambda: write_skies(out_dir, n_skies, sky_height, seed, progress)}
     entries, failures = [], []
     for name in sources:
@@ -354,3 +380,17 @@ def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[s
         raise StarterDataError(f"starter set in {out_dir} is incomplete ({len(entries)} maps written); failed:\n  "
                                + "\n  ".join(failures))
     return entries
+
+
+def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32) -> list[str]:
+    """The map ids (file stems) `build_starter_set` writes for these sources, without fetching or rendering: the
+    pinned pmndrs maps, Debian's Blender maps (less the duplicates of pmndrs ones) and the skies."""
+    ids = []
+    if "pmndrs" in sources:
+        ids += [f"pmndrs-{name}" for name in PMNDRS_MAPS]
+    if "blender" in sources:
+        skip = BLENDER_DUPLICATES if "pmndrs" in sources else {}
+        ids += [f"blender-{name}" for name in BLENDER_MAPS if name not in skip]
+    if "sky" in sources:
+        ids += [f"sky-{k:03d}" for k in range(n_skies)]
+    return sorted(ids)

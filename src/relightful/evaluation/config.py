@@ -17,7 +17,8 @@ class EvalConfig:
     n_visual: int = 6                    # test pairs shown in the visual report (the first ones, a fixed set)
     device: str = "auto"                 # auto (CUDA when available) | cpu | cuda | cuda:N
     lpips_weights: str | None = None     # local safetensors of LPIPS-alex (evaluation/lpips.py); None: not computed
+    gain_regression_pairs: int = 2048    # light-stage train pairs the gain_regression baseline is fitted on
 
     def __post_init__(self):
-        if min(self.max_pairs, self.batch) < 1 or self.n_visual < 0:
-            raise ValueError("evaluate: max_pairs and batch ≥ 1, n_visual ≥ 0 required")
+        if min(self.max_pairs, self.batch) < 1 or self.n_visual < 0 or self.gain_regression_pairs < 2:
+            raise ValueError("evaluate: max_pairs and batch ≥ 1, n_visual ≥ 0, gain_regression_pairs ≥ 2 required")

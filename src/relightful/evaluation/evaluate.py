@@ -1,13 +1,17 @@
-"""Scoring a model against the baselines on held-out pairs (the paper's evaluation, DESIGN 3.6).
+"""Scoring a model against the baselines and the reference bounds on held-out pairs (DESIGN 3.6, 3.9).
 
-Scenarios: `lightstage` (rendered test pairs: ground truth from the light stage, plus the oracle relight) and
-`natural` (stage-3 test pairs: the target is the real photo). For every pair, every method produces a foreground
-layer that is composited the same way, `m·fg + (1−m)·y_b` in linear light, and delivered as 8-bit sRGB, the format
-`relightful harmonize` writes; it is then compared with the target in sRGB (unquantised) by the metrics of
-`metrics.py`, the light-direction error of `light_direction.py` and, when weights are given, LPIPS.
+Scenarios: `lightstage` (rendered test pairs: ground truth from the light stage, plus the reference bounds, the
+panorama-conditioned model and, with the raw OLAT sets, the oracle relight) and `natural` (stage-3 test pairs: the
+target is the real photo). For every pair, every method produces a foreground layer that is composited the same way,
+`m·fg + (1−m)·y_b` in linear light, and delivered as 8-bit sRGB, the format `relightful harmonize` writes; it is
+then compared with the target in sRGB (unquantised) by the metrics of `metrics.py`, the light-direction error of
+`light_direction.py` and, when weights are given, LPIPS.
 
-Methods: `composite` (paste the foreground unchanged), `model`, `reinhard`, `histogram`, and `oracle` (light-stage
-only, when the raw OLAT sets are given).
+Methods (methods.py, in report order): `composite`, `model`, `model_panorama` (F_env(z_b) instead of F_bg(y_b);
+light-stage only), `model_<NAME>` for each `--compare NAME=MODEL`, the baselines `reinhard`, `histogram`,
+`gain_regression` (fitted here on at most `gain_regression_pairs` light-stage *train* pairs, applied to both
+scenarios), `shading`, and the light-stage bounds `oracle_gain`, `oracle_shading` (bounds.py) and `oracle`.
+Every model and compared model samples with the same seed per batch.
 """
 
 from __future__ import annotations
@@ -23,20 +27,20 @@ import torch
 from tqdm.auto import tqdm
 
 from relightful.evaluation.baselines import histogram_match, reinhard
+from relightful.evaluation.bounds import oracle_gain, oracle_shading, target_image
 from relightful.evaluation.config import EvalConfig
 from relightful.evaluation.light_direction import light_direction_errors
+from relightful.evaluation.methods import HIGHER_IS_BETTER, METHODS, compare_method  # noqa: F401 (re-exported)
 from relightful.evaluation.metrics import image_metrics
-from relightful.io import InputError, load_tensors, srgb_decode, srgb_encode
+from relightful.evaluation.pairs import IMAGE_KEYS, Panoramas, deliver, iter_batches, select_pairs  # noqa: F401
+from relightful.evaluation.report import grid_image, write_report
+from relightful.evaluation.shading import reshade
+from relightful.evaluation.summary import headroom_share, margins, quality_bar, stage_comparison, summarise
+from relightful.io import InputError, srgb_decode
 from relightful.io.tensors import tensor_shape
-from relightful.training.data import MANIFEST, read_manifest
+from relightful.training.data import MANIFEST
 
 log = logging.getLogger(__name__)
-
-IMAGE_KEYS = ("x_a", "x_b", "y_b", "matte")
-# Column order of the visual report: the composite, ours, each baseline, the oracle, the target.
-METHODS = ("composite", "model", "reinhard", "histogram", "oracle")
-HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "fg_mse": False, "fg_psnr": True, "fg_ssim": True,
-                    "light_dir_err_deg": False, "lpips": False, "fg_lpips": False}
 
 
 @dataclass
@@ -47,79 +51,67 @@ class ScenarioResult:
     skipped: dict[str, str] = field(default_factory=dict)     # unreadable shard -> why (its pairs are not scored)
 
 
-def select_pairs(pairs_dir: Path, split: str, max_pairs: int) -> pd.DataFrame:
-    """The rows of `split`, in (shard, index) order, thinned evenly to at most `max_pairs` (a fixed set)."""
-    manifest = read_manifest(pairs_dir)
-    rows = manifest[manifest.split == split].sort_values(["shard", "index"]).reset_index(drop=True)
-    if len(rows) > max_pairs:
-        rows = rows.iloc[np.linspace(0, len(rows) - 1, max_pairs).round().astype(int)].reset_index(drop=True)
-    return rows
-
-
-def _read_shard(path: Path, group: pd.DataFrame, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    tensors = load_tensors(path)
-    missing = [k for k in keys if k not in tensors]
-    if missing:
-        raise InputError(path, f"shard lacks {missing}")
-    n = len(tensors["matte"])
-    if group["index"].max() >= n:
-        raise InputError(path, f"manifest refers to pair {group['index'].max()} but the shard holds {n}")
-    return tensors
-
-
-def iter_batches(pairs_dir: Path, rows: pd.DataFrame, batch: int, with_weights: bool,
-                 skipped: dict[str, str] | None = None):
-    """(rows, tensors) per batch, float32 linear images; each shard file is read once. An unreadable shard is
-    recorded in `skipped` (when given; else it raises `InputError`) and the other shards go on."""
-    keys = IMAGE_KEYS + (("w_a", "w_b") if with_weights else ())
-    for shard, group in rows.groupby("shard", sort=False):
-        path = pairs_dir / shard
-        try:
-            tensors = _read_shard(path, group, keys)
-        except InputError as err:
-            if skipped is None:
-                raise
-            log.warning("skipping %s", err)
-            skipped[str(path)] = str(err)
-            continue
-        for start in range(0, len(group), batch):
-            part = group.iloc[start:start + batch]
-            idx = torch.tensor(part["index"].to_numpy(dtype=np.int64))
-            yield part, {k: tensors[k][idx].float() for k in keys}
-
-
-def deliver(fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
-    """Composite in linear light and quantise as an 8-bit sRGB file would: (B, 3, H, W) sRGB in [0, 1]."""
-    out = srgb_encode((matte * fg + (1 - matte) * bg).clamp(0, 1))
-    return (out * 255).round() / 255
+@dataclass
+class Scenario:
+    """What one pair set allows: the reference bounds (ground truth x_b of the light stage) and the panoramas z_b."""
+    bounds: bool = False
+    panoramas: Panoramas | None = None
 
 
 class Evaluator:
-    """Runs every method on batches of pairs and scores them; `harmonizer` is None for baseline-only runs."""
+    """Runs every method on batches of pairs and scores them; `harmonizer` is None for baseline-only runs.
+    `compare` maps NAME -> another Harmonizer, scored as "model_NAME"; `gain_regression` is a fitted
+    `GainRegression` (None: that baseline is left out)."""
 
-    def __init__(self, harmonizer, config: EvalConfig, lpips=None, oracle=None, baselines: bool = True):
+    def __init__(self, harmonizer, config: EvalConfig, lpips=None, oracle=None, baselines: bool = True,
+                 compare: dict | None = None, gain_regression=None):
         self.h, self.config, self.lpips, self.oracle = harmonizer, config, lpips, oracle
-        self.baselines = baselines
+        self.baselines, self.compare, self.gain_regression = baselines, dict(compare or {}), gain_regression
 
-    def methods(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-        """Each method's foreground layer (B, 3, H, W), linear."""
+    def _relight(self, harmonizer, fg, m, bg, seed, panorama=None) -> torch.Tensor:
+        cfg = self.config
+        extra = {} if panorama is None else {"panorama": panorama}
+        return harmonizer.relight_batch(fg, m, bg, seed, cfg.steps, cfg.image_guidance, cfg.lighting_guidance,
+                                        **extra)
+
+    def gain_sigma(self, size: int) -> float:
+        """The σ of `oracle_shading` in pixels of pairs of side `size`: the model's detail_sigma (else the gain
+        field's default σ) in model pixels, scaled to the pairs; 1 without a model."""
+        if self.h is None:
+            return 1.0
+        sigma = self.h.gain_sigma if self.h.detail_sigma is None else float(self.h.detail_sigma)
+        return sigma * size / self.h.model.config.image_size
+
+    def methods(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int,
+                scenario: Scenario | None = None) -> dict[str, torch.Tensor]:
+        """Each method's foreground layer (B, 3, H, W), linear, in report order."""
         fg, m, bg = t["x_a"], t["matte"], t["y_b"]
+        scenario = scenario or Scenario()
         out = {"composite": fg} if self.baselines else {}
         if self.h is not None:
-            cfg = self.config
-            out["model"] = self.h.relight_batch(fg, m, bg, seed, cfg.steps, cfg.image_guidance, cfg.lighting_guidance)
+            out["model"] = self._relight(self.h, fg, m, bg, seed)
+            if scenario.panoramas is not None:
+                out["model_panorama"] = self._relight(self.h, fg, m, bg, seed, panorama=scenario.panoramas(rows))
+        for name, harmonizer in self.compare.items():
+            out[compare_method(name)] = self._relight(harmonizer, fg, m, bg, seed)
         if self.baselines:
             out["reinhard"] = reinhard(fg, m, bg)
             out["histogram"] = histogram_match(fg, m, bg)
+            if self.gain_regression is not None:
+                out["gain_regression"] = self.gain_regression.relight(fg, m, bg)
+            out["shading"] = reshade(fg, m, bg)
+        if scenario.bounds:
+            out["oracle_gain"] = oracle_gain(fg, t["x_b"], m, bg)
+            out["oracle_shading"] = oracle_shading(fg, t["x_b"], m, bg, self.gain_sigma(fg.shape[-1]))
         if self.oracle is not None and "w_b" in t:
             out["oracle"] = self.oracle(rows, t["w_a"], t["w_b"])
         return out
 
-    def score(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int,
-              keep_visual: int = 0) -> tuple[pd.DataFrame, list[dict[str, np.ndarray]]]:
+    def score(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int, keep_visual: int = 0,
+              scenario: Scenario | None = None) -> tuple[pd.DataFrame, list[dict[str, np.ndarray]]]:
         m, bg = t["matte"], t["y_b"]
-        target = srgb_encode((m * t["x_b"] + (1 - m) * bg).clamp(0, 1))
-        delivered = {k: deliver(fg, m, bg) for k, fg in self.methods(rows, t, seed).items()}
+        target = target_image(t["x_b"], m, bg)
+        delivered = {k: deliver(fg, m, bg) for k, fg in self.methods(rows, t, seed, scenario).items()}
         directions = light_direction_errors({k: srgb_decode(v) for k, v in delivered.items()}, srgb_decode(target), m)
         frames = []
         for name, image in delivered.items():
@@ -144,7 +136,8 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_scenario(evaluator: Evaluator, pairs_dir: str | Path, with_weights: bool = False,
-                      progress: bool = False, desc: str = "evaluate") -> ScenarioResult:
+                      progress: bool = False, desc: str = "evaluate",
+                      scenario: Scenario | None = None) -> ScenarioResult:
     """Score every method on the configured split of one pair set."""
     cfg, pairs_dir = evaluator.config, Path(pairs_dir)
     rows = select_pairs(pairs_dir, cfg.split, cfg.max_pairs)
@@ -153,37 +146,13 @@ def evaluate_scenario(evaluator: Evaluator, pairs_dir: str | Path, with_weights:
     frames, visual, skipped = [], [], {}
     bar = tqdm(total=len(rows), desc=desc, unit="pair", disable=not progress, leave=False)
     for b, (part, tensors) in enumerate(iter_batches(pairs_dir, rows, cfg.batch, with_weights, skipped)):
-        frame, shown = evaluator.score(part, tensors, cfg.seed + b, keep_visual=cfg.n_visual - len(visual))
+        frame, shown = evaluator.score(part, tensors, cfg.seed + b, cfg.n_visual - len(visual), scenario)
         frames.append(frame)
         visual += shown
         bar.update(len(part))
     bar.close()
     per_pair = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return ScenarioResult(per_pair, visual, per_pair.pair_id.nunique() if frames else 0, skipped)
-
-
-def summarise(per_pair: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """method -> metric -> mean over pairs (NaN light-direction errors, from too-small subjects, are skipped)."""
-    if per_pair.empty:
-        return {}
-    metrics = [c for c in per_pair.columns if c not in ("pair_id", "method", "scenario")]
-    means = per_pair.groupby("method", sort=False)[metrics].mean()
-    return {method: {k: (None if np.isnan(v) else round(float(v), 6)) for k, v in row.items()}
-            for method, row in means.iterrows()}
-
-
-def margins(summary: dict[str, dict[str, float]], metrics=("fg_psnr", "fg_ssim"),
-            baselines=("composite", "reinhard")) -> dict[str, float]:
-    """The model's lead over each baseline ("fg_psnr_vs_composite": model − composite), signed so that > 0 is a win."""
-    out = {}
-    if "model" not in summary:
-        return out
-    for metric in metrics:
-        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-        for base in baselines:
-            if base in summary:
-                out[f"{metric}_vs_{base}"] = round(sign * (summary["model"][metric] - summary[base][metric]), 6)
-    return out
 
 
 # --- the job -------------------------------------------------------------------------------------------------------
@@ -199,44 +168,60 @@ def load_lpips(config: EvalConfig):
 
 def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str | Path,
                    config: EvalConfig = EvalConfig(), natural_pairs: str | Path | None = None,
-                   subjects_dir: str | Path | None = None, progress: bool = False) -> dict:
-    """Score `model` (folder or MLflow URI) and the baselines on both scenarios; write the report (report.py) to
-    `out_dir`; return metrics.json's content. A scenario whose split is empty is reported with 0 pairs."""
+                   subjects_dir: str | Path | None = None, progress: bool = False,
+                   compare: dict[str, str | Path] | None = None) -> dict:
+    """Score `model` (folder or MLflow URI), the models of `compare` (NAME -> folder or URI, scored as
+    "model_NAME"), the baselines and the bounds on both scenarios; write the report (report.py) to `out_dir`;
+    return metrics.json's content. A scenario whose split is empty is reported with 0 pairs."""
+    from relightful.evaluation.gain_regression import fit_gain_regression
     from relightful.evaluation.oracle import OracleRelighter
-    from relightful.evaluation.report import grid_image, quality_statement, write_report
     from relightful.lighting import LedRig
     from relightful.models.pipeline import Harmonizer
 
     harmonizer = Harmonizer.from_pretrained(model, device=config.device)
+    others = {name: Harmonizer.from_pretrained(path, device=config.device) for name, path in (compare or {}).items()}
     lpips, lpips_reason = load_lpips(config)
     oracle, oracle_reason = None, "no light-stage subjects folder given"
     lightstage_pairs = Path(lightstage_pairs)
     if subjects_dir is not None:
         rig = LedRig.from_json(lightstage_pairs / "rig.json")
         oracle, oracle_reason = OracleRelighter(subjects_dir, rig, _pair_size(lightstage_pairs)), ""
-    evaluator = Evaluator(harmonizer, config, lpips, oracle)
-    metrics: dict = {"model": str(model), "split": config.split}
+    fit_skipped: dict[str, str] = {}
+    regression, regression_reason = fit_gain_regression(lightstage_pairs, "train", config.gain_regression_pairs,
+                                                        skipped=fit_skipped)
+    panoramas = Panoramas.from_pairs(lightstage_pairs)
+    evaluator = Evaluator(harmonizer, config, lpips, oracle, compare=others, gain_regression=regression)
+    metrics: dict = {"model": str(model), "split": config.split,
+                     "compare": {name: str(path) for name, path in (compare or {}).items()}}
     frames, grids = [], {}
-    scenarios = [("lightstage", lightstage_pairs, True)]
+    scenarios = [("lightstage", lightstage_pairs, True, Scenario(bounds=True, panoramas=panoramas))]
     if natural_pairs is not None:
-        scenarios.append(("natural", Path(natural_pairs), False))
-    for name, pairs_dir, weights in scenarios:
+        scenarios.append(("natural", Path(natural_pairs), False, Scenario()))
+    for name, pairs_dir, weights, scenario in scenarios:
         result = evaluate_scenario(evaluator, pairs_dir, with_weights=weights and oracle is not None,
-                                   progress=progress, desc=f"evaluate {name}")
+                                   progress=progress, desc=f"evaluate {name}", scenario=scenario)
         summary = summarise(result.per_pair)
-        metrics[name] = {"n_pairs": result.n_pairs, "methods": summary, "margins": margins(summary),
-                         "skipped_shards": result.skipped}
+        block = metrics[name] = {"n_pairs": result.n_pairs, "methods": summary, "margins": margins(summary),
+                                 "headroom_share": headroom_share(summary), "skipped_shards": result.skipped}
+        comparison = stage_comparison(summary)
+        if comparison is not None:
+            block["stage_comparison"] = comparison
         if result.n_pairs == 0 and not result.skipped:
-            metrics[name]["note"] = (f"no {config.split!r} pairs in {pairs_dir}: every subject/portrait is in another "
-                                     f"split (add more to get a {config.split} split)")
+            block["note"] = (f"no {config.split!r} pairs in {pairs_dir}: every subject/portrait is in another "
+                             f"split (add more to get a {config.split} split)")
         if not result.per_pair.empty:
             frames.append(result.per_pair.assign(scenario=name))
         grids[name] = grid_image(result.visual, f"{name} test pairs")
-    passed, statement = quality_statement(metrics["lightstage"]["margins"])
-    metrics["quality_bar"] = {"passed": passed, "statement": statement}
+    metrics["quality_bar"] = quality_bar(metrics["lightstage"])
     metrics["lpips"] = {"computed": lpips is not None, "reason": lpips_reason}
     metrics["oracle"] = {"computed": oracle is not None, "reason": oracle_reason}
-    per_pair = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["scenario", "pair_id", "method"])
+    metrics["gain_regression"] = {"computed": regression is not None, "reason": regression_reason,
+                                  **(regression.summary() if regression is not None else {}),
+                                  "skipped_shards": fit_skipped}
+    metrics["model_panorama"] = {"computed": panoramas is not None,
+                                 "reason": "" if panoramas is not None else f"no maps store in {lightstage_pairs}"}
+    empty = pd.DataFrame(columns=["scenario", "pair_id", "method"])
+    per_pair = pd.concat(frames, ignore_index=True) if frames else empty
     per_pair = per_pair[["scenario"] + [c for c in per_pair.columns if c != "scenario"]]
     write_report(out_dir, metrics, per_pair, grids)
     return metrics

@@ -1,4 +1,4 @@
-"""Analytic clear-sky environment maps: Preetham sky, a physically sized sun disc and an albedo-lit ground.
+"""Analytic sky environment maps: Preetham sky, a physically sized sun disc, procedural clouds, an albedo-lit ground.
 
 The sky is the Preetham, Shirley & Smits (1999) model ("A practical analytic model for daylight"), with its published
 Perez coefficients and zenith luminance/chromaticity fits for turbidity T in [2, 10]. The sun's colour and strength
@@ -17,6 +17,14 @@ pixel is its luminance in thousands of candela per m². A clear zenith is a few 
 
 Geometry follows DESIGN 3.1: the sun's azimuth is the map longitude φ (0 = the view direction −z, the centre column;
 +90 = +x, column 3W/4), elevation is measured up from the horizon (y = 0).
+
+Clouds (`cloud_cover` > 0): a band-limited noise field on the sphere (a sum of random plane waves in 3D, drawn from
+`cloud_seed`) thresholded at the solid-angle quantile that covers `cloud_cover` of the sky, with soft edges. Where
+the mask is 1 the sky is the CIE overcast sky (Moon & Spencer 1942: L ∝ (1 + 2 sin e)/3) scaled so that a fully
+covered sky passes `cloud_transmittance(cloud_cover)` (0.6 for scattered clouds down to 0.3 overcast) of the clear
+sky's horizontal illuminance, tinted by its colour (warm at a low sun); the sun disc is dimmed by the mask in its
+direction, so it is visible, veiled or hidden. `cloud_cover = 1` is an overcast sky: soft light, no sun. The ground
+is Lambertian with a grey `ground_albedo` times a colour `ground_tint` (luminance 1: grass, soil, snow, asphalt).
 """
 
 from __future__ import annotations
@@ -50,14 +58,22 @@ _ZENITH_Y = np.array([[0.00275, -0.00610, 0.00317, 0.0],
                       [0.15346, -0.26756, 0.06670, 0.26688]])
 
 
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 luminance of linear sRGB
+CLOUD_WAVES = 48  # plane waves of the cloud noise
+CLOUD_EDGE = 0.35  # soft edge of a cloud, in standard deviations of the noise
+
+
 @dataclass(frozen=True)
 class SkyParams:
-    """Parameters of one clear sky: sun position in degrees, Linke-style turbidity, grey ground albedo."""
+    """Parameters of one sky: sun position in degrees, Preetham turbidity, ground albedo and colour, clouds."""
 
     elevation_deg: float
     azimuth_deg: float
     turbidity: float = 3.0
     ground_albedo: float = 0.15
+    ground_tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # ground colour, normalised to luminance 1
+    cloud_cover: float = 0.0  # fraction of the sky (by solid angle) under cloud, 0 clear .. 1 overcast
+    cloud_seed: int = 0
 
 
 def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
@@ -176,40 +192,132 @@ def sun_footprint(height: int, elevation_deg: float, azimuth_deg: float,
     return rows[ii], cols[jj], coverage[ii, jj] / total
 
 
-def sky_envmap(height: int, elevation_deg: float, azimuth_deg: float, turbidity: float = 3.0,
-               ground_albedo: float = 0.15, sun: bool = True) -> np.ndarray:
-    """Clear-sky lat-long map (H, 2H, 3) float32, kcd/m² linear sRGB: Preetham sky, sun disc, Lambertian ground.
+def cloud_noise(directions: np.ndarray, seed: int) -> np.ndarray:
+    """A smooth random field on the sphere (...,) float64 of unit variance: plane waves of 1-12 cycles per radian with
+    a 1/f amplitude spectrum, so clouds have a few large shapes and some detail. Same seed, same field."""
+    rng = np.random.default_rng([int(seed), 0x5C1])
+    axes = rng.standard_normal((CLOUD_WAVES, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    freq = np.exp(rng.uniform(math.log(1.0), math.log(12.0), CLOUD_WAVES))
+    phase = rng.uniform(0.0, 2 * math.pi, CLOUD_WAVES)
+    amp = 1.0 / freq
+    field = np.cos(np.asarray(directions, dtype=np.float64) @ (axes * freq[:, None]).T + phase) @ amp
+    return field / math.sqrt(0.5 * float(amp @ amp))
 
-    The ground (below the horizon) has radiance albedo/π times the horizontal irradiance of sky plus sun.
+
+def cloud_transmittance(cloud_cover: float) -> float:
+    """Horizontal illuminance of a fully cloud-covered sky over that of the clear sky: thick clouds for overcast."""
+    return 0.6 - 0.3 * float(cloud_cover)
+
+
+def _overcast_pattern(directions: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """CIE overcast luminance (1 + 2 sin e)/3 above the horizon, scaled to unit horizontal irradiance; 0 below."""
+    e = np.maximum(directions[..., 1], 0.0)
+    pattern = np.where(directions[..., 1] > 0, (1.0 + 2.0 * e) / 3.0, 0.0)
+    return pattern / float((pattern * e * omega).sum())
+
+
+def cloud_mask(directions: np.ndarray, omega: np.ndarray, cloud_cover: float, seed: int,
+               at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cloud opacity in [0, 1] at `directions` (its upper-hemisphere, solid-angle weighted mean ≈ `cloud_cover`),
+    and at the extra directions `at` (e.g. the sun) with the same threshold."""
+    if cloud_cover <= 0.0:
+        return np.zeros(directions.shape[:-1]), None if at is None else np.zeros(np.shape(at)[:-1])
+    noise = cloud_noise(directions, seed)
+    up = directions[..., 1] > 0
+    values, weights = noise[up], omega[up]
+    order = np.argsort(values)
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    threshold = float(np.interp(1.0 - cloud_cover, cdf, values[order])) if cloud_cover < 1.0 else -np.inf
+
+    def opacity(n):
+        if not np.isfinite(threshold):
+            return np.ones_like(n)
+        t = np.clip((n - threshold) / CLOUD_EDGE + 0.5, 0.0, 1.0)
+        return t * t * (3.0 - 2.0 * t)  # smoothstep across the edge
+
+    return opacity(noise), None if at is None else opacity(cloud_noise(at, seed))
+
+
+def sky_envmap(height: int, elevation_deg: float, azimuth_deg: float, turbidity: float = 3.0,
+               ground_albedo: float = 0.15, sun: bool = True, ground_tint=(1.0, 1.0, 1.0),
+               cloud_cover: float = 0.0, cloud_seed: int = 0) -> np.ndarray:
+    """Sky lat-long map (H, 2H, 3) float32, kcd/m² linear sRGB: Preetham sky, sun disc, clouds, Lambertian ground.
+
+    The ground (below the horizon) has radiance albedo · tint / π times the horizontal irradiance of sky plus sun.
     `sun=False` leaves the disc out (sky and ground unchanged), for measuring the sun's share.
     """
     if not 0.0 <= elevation_deg <= 90.0:
         raise ValueError(f"sun elevation must be in [0, 90] degrees, got {elevation_deg}")
     if not 0.0 <= ground_albedo <= 1.0:
         raise ValueError(f"ground albedo must be in [0, 1], got {ground_albedo}")
+    if not 0.0 <= cloud_cover <= 1.0:
+        raise ValueError(f"cloud cover must be in [0, 1], got {cloud_cover}")
+    tint = np.asarray(ground_tint, dtype=np.float64)
+    if tint.shape != (3,) or not np.isfinite(tint).all() or tint.min() < 0 or tint @ LUMINANCE <= 0:
+        raise ValueError(f"ground tint must be 3 non-negative numbers with a positive luminance, got {ground_tint}")
+    ground_rgb = ground_albedo * tint / float(tint @ LUMINANCE)
+    if ground_rgb.max() > 1.0:
+        raise ValueError(f"ground albedo {ground_albedo} with tint {tuple(ground_tint)} gives a channel albedo above 1")
     dirs = latlong_directions(height).astype(np.float64)
     omega = latlong_solid_angles(height).astype(np.float64)
     env = preetham_sky(dirs, elevation_deg, azimuth_deg, turbidity)
     up = dirs[..., 1] > 0
-    sky_irradiance = ((env * (np.maximum(dirs[..., 1], 0.0) * omega)[..., None]).sum(axis=(0, 1)))
+    cos_up = np.maximum(dirs[..., 1], 0.0) * omega
+
+    def horizontal_sky(radiance):
+        return (radiance * cos_up[..., None]).sum(axis=(0, 1))
+
     sun_normal = sun_radiance(elevation_deg, turbidity) * 2 * math.pi * (1 - math.cos(math.radians(SUN_RADIUS_DEG)))
-    horizontal = sky_irradiance + sun_normal * math.sin(math.radians(elevation_deg))
-    env[~up] = ground_albedo / math.pi * horizontal
+    sun_vertical = math.sin(math.radians(elevation_deg))
+    sun_dir = sun_direction(elevation_deg, azimuth_deg)
+    mask, mask_sun = cloud_mask(dirs, omega, cloud_cover, cloud_seed, at=sun_dir)
+    if cloud_cover > 0.0:
+        clear_global = horizontal_sky(env) + sun_normal * sun_vertical
+        # thicker and thinner parts: ±30 % of the cloud's radiance from a second, independent field
+        shading = 1.0 + 0.3 * np.tanh(cloud_noise(dirs, cloud_seed + 1))
+        shading /= float((shading * mask * cos_up).sum() / max(float((mask * cos_up).sum()), 1e-12))
+        clouds = (cloud_transmittance(cloud_cover) * _overcast_pattern(dirs, omega) * shading)[..., None] * clear_global
+        env = (1.0 - mask[..., None]) * env + mask[..., None] * clouds
+        sun_normal = sun_normal * (1.0 - float(mask_sun))
+    horizontal = horizontal_sky(env) + sun_normal * sun_vertical
+    env[~up] = ground_rgb / math.pi * horizontal
     if sun:
         rows, cols, weights = sun_footprint(height, elevation_deg, azimuth_deg)
         np.add.at(env, (rows, cols), weights[:, None] * sun_normal)
     return env.astype(np.float32)
 
 
+# Ground colours (linear RGB, luminance-normalised by sky_envmap) and albedo ranges: what a sky stands over.
+GROUNDS = {
+    "grass": ((0.55, 1.0, 0.30), (0.08, 0.25)),
+    "soil": ((1.0, 0.80, 0.55), (0.10, 0.30)),
+    "sand": ((1.0, 0.90, 0.70), (0.25, 0.45)),
+    "asphalt": ((1.0, 1.0, 1.0), (0.05, 0.15)),
+    "concrete": ((1.0, 0.98, 0.95), (0.20, 0.35)),
+    "snow": ((0.97, 0.99, 1.0), (0.60, 0.85)),
+}
+CLOUD_KINDS = (("clear", 0.35), ("scattered", 0.40), ("overcast", 0.25))  # how often each sky kind is drawn
+
+
 def random_sky_params(rng_or_seed) -> SkyParams:
-    """Draw a clear sky: elevation uniform in [5°, 80°], azimuth in [−180°, 180°), turbidity in [2, 3] (clear; the
-    sun then gives 2.5-4.5× the sky's horizontal illuminance above 60°), albedo in [0.05, 0.25] (asphalt to grass)."""
+    """Draw a sky: elevation uniform in [2°, 85°], azimuth in [−180°, 180°), turbidity in [2, 6] (clear to hazy);
+    clear (35 %), scattered clouds covering 10-75 % of the sky (40 %) or overcast, 85-100 % (25 %); a ground from
+    `GROUNDS` (grass, soil, sand, asphalt, concrete, snow) with its albedo range."""
     rng = np.random.default_rng(rng_or_seed)
-    return SkyParams(elevation_deg=float(rng.uniform(5.0, 80.0)), azimuth_deg=float(rng.uniform(-180.0, 180.0)),
-                     turbidity=float(rng.uniform(2.0, 3.0)), ground_albedo=float(rng.uniform(0.05, 0.25)))
+    elevation, azimuth = float(rng.uniform(2.0, 85.0)), float(rng.uniform(-180.0, 180.0))
+    turbidity = float(rng.uniform(2.0, 6.0))
+    kind = CLOUD_KINDS[int(rng.choice(len(CLOUD_KINDS), p=[p for _, p in CLOUD_KINDS]))][0]
+    cover = {"clear": 0.0, "scattered": float(rng.uniform(0.10, 0.75)), "overcast": float(rng.uniform(0.85, 1.0))}[kind]
+    ground = sorted(GROUNDS)[int(rng.integers(len(GROUNDS)))]
+    tint, (lo, hi) = GROUNDS[ground]
+    return SkyParams(elevation_deg=elevation, azimuth_deg=azimuth, turbidity=turbidity,
+                     ground_albedo=float(rng.uniform(lo, hi)), ground_tint=tuple(float(c) for c in tint),
+                     cloud_cover=cover, cloud_seed=int(rng.integers(2**31)))
 
 
 def random_sky(rng_or_seed, height: int) -> np.ndarray:
-    """A random clear sky (H, 2H, 3) float32; `rng_or_seed` is an int seed or a numpy Generator."""
+    """A random sky (H, 2H, 3) float32; `rng_or_seed` is an int seed or a numpy Generator."""
     p = random_sky_params(rng_or_seed)
-    return sky_envmap(height, p.elevation_deg, p.azimuth_deg, p.turbidity, p.ground_albedo)
+    return sky_envmap(height, p.elevation_deg, p.azimuth_deg, p.turbidity, p.ground_albedo,
+                      ground_tint=p.ground_tint, cloud_cover=p.cloud_cover, cloud_seed=p.cloud_seed)

@@ -459,6 +459,11 @@ def subject_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+def synthetic_subject_ids(n_subjects: int) -> list[str]:
+    """The subject ids `write_synthetic_stage` gives `n_subjects` subjects (known without rendering them)."""
+    return [f"synth-{index:03d}" for index in range(n_subjects)]
+
+
 @dataclass(frozen=True)
 class SyntheticStageConfig:
     """The `lightstage` section of params.yaml: the rig and the procedural subjects."""
@@ -491,8 +496,8 @@ def write_synthetic_stage(out_dir: str | Path, rig: LedRig, n_subjects: int, siz
     out_dir = Path(out_dir)
     rig.to_json(out_dir / "rig.json")
     ids = []
-    for index in tqdm(range(n_subjects), desc="synthetic subjects", unit="subject", disable=not progress):
-        subject_id = f"synth-{index:03d}"
+    for index, subject_id in enumerate(tqdm(synthetic_subject_ids(n_subjects), desc="synthetic subjects",
+                                            unit="subject", disable=not progress)):
         spec = random_subject(subject_seed(seed, index))
         subject = render_subject(spec, rig, size=size)
         subject_dir = out_dir / "subjects" / subject_id

@@ -1,5 +1,11 @@
 """`F_bg`: the lighting encoder, a CNN from the background image to one feature map per UNet encoder scale
 (T2I-Adapter style, DESIGN 3.5). Its output projections start at zero, so stage 1 starts from the base model.
+
+Lighting is a property of the whole scene, not of the pixels under the subject, and a few convolutions see only a
+window of the background. With `code_dim > 0` the deepest features are also pooled (mean and max) over the image
+into one lighting code which, as in `F_env`, each scale decodes into a coarse `grid`×`grid` layout added to its
+local features: so every position of the UNet receives the scene's overall colour, level and where it is brightest,
+and stage 2 can align the two encoders code to code.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import torch.nn.functional as F
 class EncoderConfig:
     widths: tuple[int, ...] = (32, 64, 64)   # channels of the encoder at each UNet scale (one per down block)
     blocks_per_scale: int = 1
+    code_dim: int = 0                        # the global lighting code (0: local features only)
+    grid: int = 4                            # side of the coarse layout each scale decodes the code into
 
 
 class ResBlock(nn.Module):
@@ -63,13 +71,23 @@ class LightingEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(*[ResBlock(w) for _ in range(config.blocks_per_scale)]) for w in widths)
         self.out = nn.ModuleList(zero_conv(w, c) for w, (c, _, _) in zip(widths, shapes))
+        self.grid = config.grid
+        if config.code_dim:
+            self.to_code = nn.Sequential(nn.Linear(2 * widths[-1], config.code_dim), nn.SiLU(),
+                                         nn.Linear(config.code_dim, config.code_dim), nn.SiLU())
+            self.layouts = nn.ModuleList(nn.Linear(config.code_dim, w * config.grid**2) for w in widths)
 
     def forward(self, background: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(F.pixel_unshuffle(background, self.unshuffle))
-        features = []
-        for i, (block, out) in enumerate(zip(self.blocks, self.out)):
+        local = []
+        for i, block in enumerate(self.blocks):
             if i > 0:
                 x = self.downs[i - 1](F.silu(x))
             x = block(x)
-            features.append(out(x))
-        return features
+            local.append(x)
+        if hasattr(self, "to_code"):
+            code = self.to_code(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+            for i, (layout, feat) in enumerate(zip(self.layouts, local)):
+                grid = layout(code).view(code.shape[0], -1, self.grid, self.grid)
+                local[i] = feat + F.interpolate(grid, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+        return [out(feat) for out, feat in zip(self.out, local)]

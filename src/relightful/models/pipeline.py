@@ -10,7 +10,9 @@ DESIGN 3.5/3.7. The steps, and why each is the way it is:
    The composite is formed and downsampled (antialiased) in *linear* light, as training formed `m·x_a + (1−m)·y_b`,
    then sRGB-encoded to [−1, 1].
 3. Sampling uses any diffusers scheduler (default DDIM on the training betas) with InstructPix2Pix-style
-   classifier-free guidance on two scales; the three ε predictions run as one batch.
+   classifier-free guidance on two scales; the three ε predictions run as one batch. With the model folder's
+   `sampling.ensemble` = k, k noise draws of each input are sampled in the same batch and their outputs averaged
+   in linear light (a better estimate of E[x0 | inputs] for a one-step sampler).
 4. Back to the input resolution. When the input is larger than the model's resolution, the generated image is *not*
    upscaled (that would blur the portrait): a smooth per-pixel gain (relit / original foreground, linear, matte-
    weighted Gaussian averages with a small ε) is computed at the model's resolution, upsampled bilinearly and
@@ -201,6 +203,10 @@ class Harmonizer:
         # sampler steps and guidance scales used when a call leaves them out: the model folder's "sampling"
         self.defaults = {**SAMPLING_DEFAULTS, **(defaults or {})}
         self.detail_sigma = self.defaults.get("detail_sigma")  # see training.config.SamplingConfig
+        ensemble = self.defaults.get("ensemble")
+        self.ensemble = 1 if ensemble is None else int(ensemble)     # noise draws averaged per output (ditto)
+        if self.ensemble < 1:
+            raise ValueError(f"sampling ensemble must be ≥ 1, got {self.ensemble}")
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
         self.gain_sigma = gain_sigma
@@ -285,17 +291,19 @@ class Harmonizer:
     @torch.inference_mode()
     def relight_batch(self, fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor, seed: int,
                       steps: int | None = None, image_guidance: float | None = None,
-                      lighting_guidance: float | None = None) -> torch.Tensor:
+                      lighting_guidance: float | None = None, panorama: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor counterpart of `__call__` for batches of squares: fg, bg (B, 3, S, S) linear, matte
         (B, 1, S, S) -> the relit foreground layer (B, 3, S, S), linear float32 on the CPU (to be composited
         `m·relit + (1−m)·bg`). Above the model's size the relighting is carried over as a gain field, as in
-        `__call__`; otherwise the generated pixels are resized to S."""
+        `__call__`; otherwise the generated pixels are resized to S. `panorama` (B, 3, h, 2h), linear HDR maps:
+        condition on F_env of them instead of F_bg of `bg` (the evaluation's upper bound of the background path)."""
         steps, image_guidance, lighting_guidance = self.settings(steps, image_guidance, lighting_guidance)
         dev, side, size = self.device, self.model.config.image_size, fg.shape[-1]
         fg, matte, bg = fg.to(dev).float(), matte.to(dev).float(), bg.to(dev).float()
         composite = matte * fg + (1 - matte) * bg
         comp_s, m_s, bg_s = _resize(composite, side), _resize(matte, side).clamp(0, 1), _resize(bg, side)
-        generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance)
+        generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance,
+                                  panorama=panorama)
         if size > side or self.detail_sigma is not None:
             gain = gain_field(generated, comp_s, m_s, self._sigma, self.gain_eps)
             relit = fg * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
@@ -304,16 +312,25 @@ class Harmonizer:
         return relit.float().cpu()
 
     def generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
-                 seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:
+                 seed: int, s_img: float, s_light: float, progress: bool = False,
+                 panorama: torch.Tensor | None = None) -> torch.Tensor:
         """Sample relit composites (B, 3, s, s), linear, from linear composites, mattes and backgrounds at the
-        model's size."""
+        model's size; with `panorama` (B, 3, h, 2h) linear, the lighting is F_env(panorama) instead of F_bg."""
         model = self.model
         dtype = next(model.unet.parameters()).dtype
         comp_lat = model.codec.encode(to_model_space(composite).to(dtype)).float()
         m_lat = model.matte_latent(matte)
-        features = model.background_features(to_model_space(background).to(dtype))
+        if panorama is None:
+            features = model.background_features(to_model_space(background).to(dtype))
+        else:
+            features = model.panorama_features(panorama.to(composite.device, dtype))
+        k = self.ensemble
+        if k > 1:  # k noise draws per input, one batch: member i of input b is row i·B + b
+            comp_lat, m_lat = comp_lat.repeat(k, 1, 1, 1), m_lat.repeat(k, 1, 1, 1)
+            features = [f.repeat(k, 1, 1, 1) for f in features]
         latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress)
-        return from_model_space(model.codec.decode(latents.to(dtype)))
+        images = from_model_space(model.codec.decode(latents.to(dtype)))
+        return images.view(k, -1, *images.shape[1:]).mean(dim=0) if k > 1 else images
 
     def sample(self, composite: torch.Tensor, matte: torch.Tensor, features: list[torch.Tensor], steps: int,
                seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:

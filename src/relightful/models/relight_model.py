@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from relightful.config import from_dict
 from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
-from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec
+from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec, from_model_space
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
 from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_unet, check_features,
@@ -34,6 +35,7 @@ from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_un
 FORMAT = "relightful-model"
 CONFIG_FILE = "relightful.json"
 ENCODERS_FILE = "encoders.safetensors"
+GAIN_LOG_LIMIT = math.log(16.0)  # a gain edit stays within [1/16, 16]
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,15 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     lighting: EncoderConfig = field(default_factory=EncoderConfig)
     panorama: PanoramaConfig = field(default_factory=PanoramaConfig)
-    # The denoiser returns composite + UNet output: with x̂₀-prediction ("sample") the UNet learns the edit (the
+    # The denoiser returns an edit of the composite: with x̂₀-prediction ("sample") the UNet learns the edit (the
     # relighting) rather than the whole image, so a short run starts from "paste unchanged", not from noise.
     residual: bool = False
+    # How the edit applies: "add" (x̂₀ = composite + UNet, in latent space) or "gain" (pixel codecs only: the UNet's
+    # output, pixel-shuffled, is a per-pixel log gain in linear light, x̂₀ = composite · exp(UNet), bounded to
+    # [1/16, 16]). Relighting a Lambertian point multiplies it by the ratio of two shadings, whatever its albedo: a
+    # gain is what a relighting is, and a global colour or exposure change is one constant, not a function of each
+    # pixel's value as it is in sRGB.
+    edit: str = "add"
 
 
 class RelightModel(nn.Module):
@@ -60,6 +68,10 @@ class RelightModel(nn.Module):
         if unet is None:
             unet = (load_instruct_pix2pix_unet(config.unet.init_from) if config.unet.init_from
                     else build_unet(config.unet, self.codec.channels, latent))
+        if config.edit not in ("add", "gain"):
+            raise ValueError(f"model edit must be 'add' or 'gain', got {config.edit!r}")
+        if config.residual and config.edit == "gain" and not isinstance(self.codec, PixelUnshuffleCodec):
+            raise ValueError("a gain edit needs the pixel_unshuffle codec (a VAE latent is not linear light)")
         expected_in = 2 * self.codec.channels + 1
         if unet.config.in_channels != expected_in:
             raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec needs {expected_in}")
@@ -95,7 +107,7 @@ class RelightModel(nn.Module):
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
                 features: list[torch.Tensor] | None) -> torch.Tensor:
-        """The UNet's prediction (ε, v or x̂₀, as trained; plus the composite when `config.residual`).
+        """The UNet's prediction (ε, v or x̂₀, as trained; an edit of the composite when `config.residual`).
         `features=None` is the null lighting (no residuals); a zero composite the null image."""
         x = torch.cat([noisy, composite, matte], dim=1)
         context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
@@ -104,7 +116,19 @@ class RelightModel(nn.Module):
             check_features(features, self.feature_shapes, x.shape[0])
             extra["down_intrablock_additional_residuals"] = [f.to(x.dtype) for f in features]  # a fresh list
         out = self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
-        return out + composite if self.config.residual else out
+        if not self.config.residual:
+            return out
+        return out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
+
+    def apply_gain(self, composite: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
+        """composite · exp(log_gain) in linear light, both given as pixel latents; the log gain is clamped to
+        ±log 16 (as the harmonizer's gain field is), so no prediction can blow a pixel up."""
+        linear = from_model_space(self.codec.decode(composite.float()))
+        log_gain = self.codec.decode(log_gain.float()).clamp(-GAIN_LOG_LIMIT, GAIN_LOG_LIMIT)
+        relit = linear * torch.exp(log_gain)
+        # sRGB-encoded without the clip at 1: an overshoot must still pay in the loss (a clip has no gradient)
+        encoded = torch.where(relit <= 0.0031308, 12.92 * relit, 1.055 * relit.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+        return self.codec.encode(encoded * 2.0 - 1.0).to(composite.dtype)
 
     # --- folders ------------------------------------------------------------------------------------------------
     def encoder_state(self) -> dict[str, torch.Tensor]:

@@ -46,17 +46,29 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
 
 
-def draw_step(batch: dict[str, torch.Tensor], gen: torch.Generator, timesteps: int, dropout: float):
-    """Noise, timesteps and the InstructPix2Pix condition dropout: lighting dropped with p = 2·dropout, the image
-    with p = 2·dropout, both together with p = dropout."""
+def draw_step(batch: dict[str, torch.Tensor], gen: torch.Generator, timesteps: int, dropout: float,
+              timestep_weights: torch.Tensor | None = None):
+    """Noise, timesteps (uniform, or drawn with `timestep_weights`) and the InstructPix2Pix condition dropout:
+    lighting dropped with p = 2·dropout, the image with p = 2·dropout, both together with p = dropout."""
     target = batch["target"]
     b = target.shape[0]
     noise = torch.randn(target.shape, generator=gen)
-    t = torch.randint(0, timesteps, (b,), generator=gen)
+    if timestep_weights is None:
+        t = torch.randint(0, timesteps, (b,), generator=gen)
+    else:
+        t = torch.multinomial(timestep_weights, b, replacement=True, generator=gen)
     u = torch.rand(b, generator=gen)
     keep_light = (u >= 2 * dropout).float()
     keep_image = ((u < dropout) | (u >= 3 * dropout)).float()
     return noise, t, keep_image, keep_light
+
+
+def align_scale(step: int, start: int, warmup: int) -> float:
+    """Stage 2's alignment weight factor at `step`: 0 before `start`, then a linear ramp to 1 over `warmup` steps.
+    F_env starts untrained (zero features); aligning F_bg to it at once would erase what stage 1 taught F_bg."""
+    if step < start:
+        return 0.0
+    return min(1.0, (step - start + 1) / warmup) if warmup else 1.0
 
 
 def build_model(stage: int, model_config: ModelConfig | None, init_from: Path | None) -> RelightModel:
@@ -88,7 +100,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         raise ValueError("a residual model (model.residual) predicts x̂₀: train it with prediction_type 'sample'")
     params = set_trainable(model, stage)
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
-                               config.zero_snr)
+                               config.zero_snr, config.bg_condition_fraction)
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device)  # the cache is encoded where the model will train
@@ -136,13 +148,16 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                                      config.sampling.image_guidance, config.sampling.lighting_guidance,
                                      scheduler=validation_scheduler(objective.scheduler, model)))
 
+    timestep_weights = (None if config.timestep_bias.strategy == "none"
+                        else config.timestep_bias.weights(config.num_train_timesteps))
     logs_sum: dict[str, float] = {}  # summed over the steps since the last log row
     logged_steps, interval_samples, interval_t0 = 0, 0, t0
     for step in bar:
+        objective.align_scale = align_scale(step, config.align_start_step, config.align_warmup_steps)
         for micro in range(ds.grad_accum):
             batch = stream.batch(step, micro)
             drawn = draw_step(batch, step_generator(config.seed, step, micro, rank), config.num_train_timesteps,
-                              config.cond_dropout)
+                              config.cond_dropout, timestep_weights)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             noise, t, keep_image, keep_light = (x.to(device) for x in drawn)
             loss, logs = engine(batch, noise, t, keep_image, keep_light)

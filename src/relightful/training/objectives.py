@@ -4,7 +4,10 @@
    classifier-free guidance scales work at inference.
 2. The same loss with F_env(panorama) as the lighting, plus an alignment loss pulling F_bg(background) towards
    F_env(panorama) at every scale (F_env's side held fixed): the background alone learns physically grounded
-   lighting features.
+   lighting features. F_env starts untrained (its outputs are zero), so the alignment can wait until `align_start_step` and
+   ramp up over `align_warmup_steps` instead of first pulling F_bg to zero (measured: aligned at once, both
+   encoders' features shrank 200-fold and the lighting was lost); and with `bg_condition_fraction` > 0 that share of
+   each batch is conditioned on F_bg instead, so the UNet keeps serving the background path it is deployed with.
 3. The stage-1 loss on natural pairs; only the UNet trains, F_bg is frozen.
 """
 
@@ -59,11 +62,15 @@ class StageObjective(nn.Module):
     """forward(batch, noise, timesteps, keep_image, keep_light) -> (loss, {name: detached value})."""
 
     def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000,
-                 prediction_type: str = "epsilon", zero_snr: bool = False):
+                 prediction_type: str = "epsilon", zero_snr: bool = False, bg_condition_fraction: float = 0.0):
         super().__init__()
         if stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+        if not 0.0 <= bg_condition_fraction < 1.0:
+            raise ValueError(f"bg_condition_fraction must be in [0, 1), got {bg_condition_fraction}")
         self.model, self.stage, self.align_weight = model, stage, align_weight
+        self.bg_condition_fraction = bg_condition_fraction
+        self.align_scale = 1.0  # the training loop ramps it over align_warmup_steps
         self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
         self.prediction_type = prediction_type
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
@@ -76,12 +83,15 @@ class StageObjective(nn.Module):
         noisy = (a.sqrt() * target.float() + (1 - a).sqrt() * noise.float()).to(dtype)
         composite = batch["composite"].to(dtype) * keep_image.view(-1, 1, 1, 1).to(dtype)
         logs = {}
+        from_bg = self.model.background_features(batch["background"].to(dtype))
         if self.stage == 2:
             lighting = self.model.panorama_features(batch["panorama"].to(dtype))
+            n_bg = round(self.bg_condition_fraction * target.shape[0])  # the batch order is already random
+            conditioning = [torch.cat([b[:n_bg], e[n_bg:]]) for b, e in zip(from_bg, lighting)] if n_bg else lighting
         else:
-            lighting = self.model.background_features(batch["background"].to(dtype))
+            conditioning = from_bg
         light = keep_light.view(-1, 1, 1, 1).to(dtype)
-        features = [f * light for f in lighting]
+        features = [f * light for f in conditioning]
         prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
         if self.prediction_type == "v_prediction":
             wanted = a.sqrt() * noise.float() - (1 - a).sqrt() * target.float()
@@ -92,9 +102,8 @@ class StageObjective(nn.Module):
         loss = F.mse_loss(prediction.float(), wanted)
         logs["diffusion_loss"] = loss.detach()
         if self.stage == 2:
-            from_bg = self.model.background_features(batch["background"].to(dtype))
             align = torch.stack([F.mse_loss(b.float(), e.detach().float()) for b, e in zip(from_bg, lighting)]).mean()
             logs["align_loss"] = align.detach()
-            loss = loss + self.align_weight * align
+            loss = loss + self.align_weight * self.align_scale * align
         logs["loss"] = loss.detach()
         return loss, logs
