@@ -176,3 +176,20 @@ def test_bf16_zero2_resumes_and_exports_fp32_master_weights(rendered_pairs, tmp_
     with pytest.raises(ValueError, match="bf16 needs zero_stage 1 or 2"):
         train_stage(1, rendered_pairs, tmp_path / "x", tmp_path / "run-x", TrainConfig(
             steps=1, deepspeed=DeepSpeedConfig(precision="bf16", zero_stage=0)), **kw)
+
+
+def test_stage2_env_warmup_holds_all_but_f_env(stage1, rendered_pairs, tmp_path):
+    """During `env_warmup_steps` only F_env learns: the UNet and F_bg leave those steps bit-identical."""
+    _, root = stage1
+    before = RelightModel.from_pretrained(root / "model")
+    config = TrainConfig(steps=4, log_every=2, checkpoint_every=100, env_warmup_steps=4, bg_condition_fraction=0.5,
+                         optim=OptimConfig(lr=5e-3, warmup_steps=1), deepspeed=DeepSpeedConfig(micro_batch=4))
+    train_stage(2, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
+                cache_dir=root / "cache", progress=False)
+    after = RelightModel.from_pretrained(tmp_path / "model")
+    for part in ("unet", "lighting"):
+        for (name, a), (_, b) in zip(getattr(before, part).state_dict().items(),
+                                     getattr(after, part).state_dict().items()):
+            assert torch.equal(a, b), (part, name)
+    assert not all(torch.equal(a, b) for a, b in zip(before.panorama.state_dict().values(),
+                                                     after.panorama.state_dict().values()))

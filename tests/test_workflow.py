@@ -65,7 +65,10 @@ def test_repro_runs_the_whole_chain(repro):
     for n in (1, 2, 3):
         assert (root / "models" / f"stage{n}" / "relightful.json").is_file()
     metrics = json.loads((root / "reports" / "eval" / "metrics.json").read_text())
-    assert {"composite", "model", "reinhard", "histogram", "oracle"} == set(metrics["lightstage"]["methods"])
+    assert set(metrics["lightstage"]["methods"]) == {
+        "composite", "model", "model_panorama", "model_stage1", "model_stage2", "reinhard", "histogram",
+        "gain_regression", "shading", "oracle_gain", "oracle_shading", "oracle"}
+    assert metrics["lightstage"]["stage_comparison"]  # with and without stage 2's alignment
     assert (root / "reports" / "eval" / "report.html").is_file() and (root / "reports" / "eval" / "grid.png").is_file()
     decision = json.loads((root / "reports" / "promotion.json").read_text())
     assert decision["decision"] == "champion" and decision["champion_after"] == decision["version"]

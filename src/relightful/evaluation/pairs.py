@@ -48,16 +48,7 @@ def iter_batches(pairs_dir: Path, rows: pd.DataFrame, batch: int, with_weights: 
     """(rows, tensors) per batch, float32 linear images; each shard file is read once. An unreadable shard is
     recorded in `skipped` (when given; else it raises `InputError`) and the other shards go on."""
     keys = IMAGE_KEYS + (("w_a", "w_b") if with_weights else ())
-    for shard, group in rows.groupby("shard", sort=False):
-        path = Path(pairs_dir) / shard
-        try:
-            tensors = _read_shard(path, group, keys)
-        except InputError as err:
-            if skipped is None:
-                raise
-            log.warning("skipping %s", err)
-            skipped[str(path)] = str(err)
-            continue
+    for group, tensors in _each_shard(pairs_dir, rows, skipped, lambda path, group: _read_shard(path, group, keys)):
         for start in range(0, len(group), batch):
             part = group.iloc[start:start + batch]
             idx = torch.tensor(part["index"].to_numpy(dtype=np.int64))
@@ -68,17 +59,25 @@ def read_pair_rows(pairs_dir: Path, rows: pd.DataFrame, keys: tuple[str, ...] = 
                    skipped: dict[str, str] | None = None):
     """(rows, tensors) in batches of at most `batch` rows, reading only those rows of each shard (slices). An
     unreadable shard is recorded in `skipped` (when given; else it raises `InputError`) and the others go on."""
+    for _, parts in _each_shard(pairs_dir, rows, skipped,
+                                lambda path, group: list(_read_rows(path, group, keys, batch))):
+        yield from parts
+
+
+def _each_shard(pairs_dir: Path, rows: pd.DataFrame, skipped: dict[str, str] | None, read):
+    """(group, read(path, group)) for each shard of `rows`; an unreadable shard is recorded in `skipped` (when
+    given; else its `InputError` is raised) and the others go on."""
     for shard, group in rows.groupby("shard", sort=False):
         path = Path(pairs_dir) / shard
         try:
-            parts = list(_read_rows(path, group, keys, batch))
+            result = read(path, group)
         except InputError as err:
             if skipped is None:
                 raise
             log.warning("skipping %s", err)
             skipped[str(path)] = str(err)
             continue
-        yield from parts
+        yield group, result
 
 
 def _read_rows(path: Path, group: pd.DataFrame, keys: tuple[str, ...], batch: int):

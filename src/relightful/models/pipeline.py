@@ -327,7 +327,7 @@ class Harmonizer:
         k = self.ensemble
         if k > 1:  # k noise draws per input, one batch: member i of input b is row i·B + b
             comp_lat, m_lat = comp_lat.repeat(k, 1, 1, 1), m_lat.repeat(k, 1, 1, 1)
-            features = [f.repeat(k, 1, 1, 1) for f in features]
+            features = [f.repeat(k, *[1] * (f.ndim - 1)) for f in features]
         latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress)
         images = from_model_space(model.codec.decode(latents.to(dtype)))
         return images.view(k, -1, *images.shape[1:]).mean(dim=0) if k > 1 else images

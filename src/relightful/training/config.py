@@ -79,6 +79,8 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     cond_dropout: float = 0.05      # P(drop image) = P(drop lighting) = P(drop both) (InstructPix2Pix's recipe)
     align_weight: float = 1.0       # stage 2: weight of the F_bg -> F_env alignment loss
+    env_warmup_steps: int = 0       # stage 2: only F_env trains for these first steps (the rest keeps stage 1's)
+    pretrained_lr_scale: float = 1.0  # stage 2: learning rate of the UNet and F_bg relative to F_env's
     align_start_step: int = 0       # stage 2: no alignment before this step (F_env first learns from the maps)
     align_warmup_steps: int = 0     # stage 2: then the alignment weight ramps linearly from 0 over these steps
     bg_condition_fraction: float = 0.0  # stage 2: share of each batch conditioned on F_bg instead of F_env

@@ -62,6 +62,13 @@ def deepspeed_config(config: TrainConfig, world: int) -> dict:
     }
 
 
+def _held(factor, hold_steps: int, scale: float = 1.0):
+    """`scale · factor`, but 0 for the first `hold_steps` steps (AdamW with lr 0 leaves the weights as they are)."""
+    if hold_steps <= 0 and scale == 1.0:
+        return factor
+    return lambda step: 0.0 if step < hold_steps else scale * factor(step)
+
+
 def lr_factor(optim: OptimConfig, total_steps: int):
     """Linear warm-up, then constant or cosine decay to `min_lr_ratio`."""
     warmup = max(0, optim.warmup_steps)
@@ -79,13 +86,20 @@ def lr_factor(optim: OptimConfig, total_steps: int):
     return factor
 
 
-def build_engine(objective: torch.nn.Module, params: list[torch.nn.Parameter], config: TrainConfig, world: int):
-    """(engine, optimizer, scheduler). The client optimizer is torch's AdamW: no DeepSpeed op to compile."""
+def build_engine(objective: torch.nn.Module, params: list[torch.nn.Parameter] | list[dict], config: TrainConfig,
+                 world: int):
+    """(engine, optimizer, scheduler). The client optimizer is torch's AdamW: no DeepSpeed op to compile. `params`
+    is a list of parameters, or of param groups; a group with "hold_steps": n keeps its learning rate at 0 for the
+    first n steps (stage 2 lets F_env learn alone first), one with "lr_scale": s runs at s times the schedule."""
     import deepspeed
 
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
+    groups = params if params and isinstance(params[0], dict) else [{"params": list(params)}]
+    factor = lr_factor(config.optim, config.steps)
+    lambdas = [_held(factor, int(g.get("hold_steps", 0)), float(g.get("lr_scale", 1.0))) for g in groups]
+    groups = [{k: v for k, v in g.items() if k not in ("hold_steps", "lr_scale")} for g in groups]
+    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas),
                                   weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim, config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=objective, optimizer=optimizer,
                                                            lr_scheduler=scheduler,
                                                            config=deepspeed_config(config, world))

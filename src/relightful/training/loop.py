@@ -27,7 +27,7 @@ from relightful.training.config import TrainConfig
 from relightful.training.data import ENVMAPS, PairStream, build_cache, read_manifest
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
-from relightful.training.objectives import StageObjective, set_trainable
+from relightful.training.objectives import StageObjective, param_groups, set_trainable
 from relightful.training.validation import sample_grid, validation_batch, write_grid
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     model = build_model(stage, model_config, Path(init_from) if init_from else None)
     if model.config.residual and config.prediction_type != "sample":
         raise ValueError("a residual model (model.residual) predicts x̂₀: train it with prediction_type 'sample'")
-    params = set_trainable(model, stage)
+    set_trainable(model, stage)
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                                config.zero_snr, config.bg_condition_fraction)
 
@@ -114,7 +114,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     if stage == 2 and not (pairs_dir / ENVMAPS).is_file():
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
 
-    engine, optimizer, scheduler = build_engine(objective, params, config, world)
+    groups = param_groups(model, stage, config.env_warmup_steps, config.pretrained_lr_scale)
+    engine, optimizer, scheduler = build_engine(objective, groups, config, world)
     start = 0
     history: list[dict] = []
     if rank == 0:

@@ -58,6 +58,21 @@ def set_trainable(model: RelightModel, stage: int) -> list[nn.Parameter]:
     return params
 
 
+def param_groups(model: RelightModel, stage: int, env_warmup_steps: int = 0,
+                 pretrained_lr_scale: float = 1.0) -> list[dict]:
+    """The optimizer's param groups of `stage` (after `set_trainable`). In stage 2, the parts stage 1 trained (UNet,
+    F_bg) are held for `env_warmup_steps` and then run at `pretrained_lr_scale` times the learning rate: F_env
+    starts from zero and first learns to drive the trained UNet, so that neither the UNet unlearns the lighting while
+    its F_env half of the batch has none, nor F_bg is aligned to nothing; then the trained parts move gently."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if stage != 2 or (env_warmup_steps <= 0 and pretrained_lr_scale == 1.0):
+        return [{"params": trainable}]
+    env = {id(p) for p in model.panorama.parameters()}
+    return [{"params": [p for p in trainable if id(p) not in env], "hold_steps": env_warmup_steps,
+             "lr_scale": pretrained_lr_scale},
+            {"params": [p for p in trainable if id(p) in env]}]
+
+
 class StageObjective(nn.Module):
     """forward(batch, noise, timesteps, keep_image, keep_light) -> (loss, {name: detached value})."""
 
@@ -90,8 +105,7 @@ class StageObjective(nn.Module):
             conditioning = [torch.cat([b[:n_bg], e[n_bg:]]) for b, e in zip(from_bg, lighting)] if n_bg else lighting
         else:
             conditioning = from_bg
-        light = keep_light.view(-1, 1, 1, 1).to(dtype)
-        features = [f * light for f in conditioning]
+        features = [f * keep_light.view(-1, *[1] * (f.ndim - 1)).to(dtype) for f in conditioning]
         prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
         if self.prediction_type == "v_prediction":
             wanted = a.sqrt() * noise.float() - (1 - a).sqrt() * target.float()
