@@ -6,11 +6,12 @@ from components.images import CUDA_IMAGE, project_component
 
 
 @project_component(CUDA_IMAGE)
-def evaluate(model: Input[Model], pairs: Input[Dataset], natural_pairs: Input[Dataset], lightstage: Input[Dataset],
-             params: dict, profile: str, track: bool, require_quality_bar: bool, report: Output[HTML],
-             metrics: Output[Metrics], evaluation: Output[Artifact]):
-    """Score the model and the baselines on the test pairs; the report as HTML, the means as run metrics, the
-    whole evaluation folder (metrics.json, per_pair.csv, plots, grid) as an artifact."""
+def evaluate(model: Input[Model], stage1: Input[Model], stage2: Input[Model], pairs: Input[Dataset],
+             natural_pairs: Input[Dataset], lightstage: Input[Dataset], params: dict, profile: str, track: bool,
+             require_quality_bar: bool, report: Output[HTML], metrics: Output[Metrics], evaluation: Output[Artifact]):
+    """Score the model, stages 1 and 2 (with and without the alignment) and the baselines on the test pairs; the
+    report as HTML, the means as run metrics, the whole evaluation folder (metrics.json, per_pair.csv, plots,
+    grid) as an artifact."""
     import json
     import os
     import shutil
@@ -18,7 +19,8 @@ def evaluate(model: Input[Model], pairs: Input[Dataset], natural_pairs: Input[Da
     from components.job import run_job
 
     argv = ["evaluate", "--model", model.path, "--pairs", pairs.path, "--natural-pairs", natural_pairs.path,
-            "--subjects", os.path.join(lightstage.path, "subjects"), "--out", evaluation.path]
+            "--subjects", os.path.join(lightstage.path, "subjects"), "--out", evaluation.path,
+            "--compare", f"stage1={stage1.path}", "--compare", f"stage2={stage2.path}"]
     run_job(argv + (["--require-quality-bar"] if require_quality_bar else []), params, profile, track)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
     summary = json.load(open(os.path.join(evaluation.path, "metrics.json")))

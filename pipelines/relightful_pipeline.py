@@ -109,7 +109,8 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
         natural_pairs = _cluster_env(augment(natural=natural.outputs["natural"], stage2=stage2.outputs["model"],
                                              **common))
         stage3 = train(3, natural_pairs.outputs["natural_pairs"], stage2.outputs["model"])
-        scored = _cluster_env(evaluate(model=stage3.outputs["model"], pairs=pairs.outputs["pairs"],
+        scored = _cluster_env(evaluate(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
+                                       stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"],
                                        natural_pairs=natural_pairs.outputs["natural_pairs"],
                                        lightstage=stage.outputs["lightstage"],
                                        require_quality_bar=require_quality_bar, **common))

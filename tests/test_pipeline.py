@@ -84,6 +84,7 @@ def test_dag_follows_the_workflow(compiled):
     assert {"natural-starter", "train-stage-2"} <= upstream("augment")
     assert {"augment", "train-stage-2"} <= upstream("train-stage-3")
     assert {"train-stage-3", "merge-pairs", "augment", "synthetic-stage"} <= upstream("evaluate")
+    assert {"train-stage", "train-stage-2"} <= upstream("evaluate")  # stages 1-2 scored beside stage 3
     # rendering fans out over workers, the merge collects them all
     loop = next(t for t in tasks.values() if "iteratorPolicy" in t or "parameterIterator" in t)
     assert loop["parameterIterator"]["items"]["inputParameter"]
