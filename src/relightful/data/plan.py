@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from relightful.data.schema import SPLITS
-from relightful.data.splits import assign_splits, source_of, stable_hash
+from relightful.data.splits import assign_splits, check_splits, source_of, stable_hash
 
 
 MIN_SUBJECTS_PER_SPLIT = 1  # every split with a fraction > 0 has a subject
@@ -30,9 +30,7 @@ def _whole_counts(value: dict, what: str) -> dict[str, int]:
     """A {split: count} mapping with whole, non-negative counts (kfp sends numbers as floats)."""
     if not isinstance(value, dict):
         raise ValueError(f"{what}: expected a mapping of split -> count, got {value!r}")
-    unknown = sorted(set(value) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"{what}: unknown split(s) {unknown}; splits are {list(SPLITS)}")
+    check_splits(value, what)
     out = {}
     for split, count in value.items():
         if isinstance(count, bool) or not isinstance(count, (int, float)) or float(count) != int(count) or count < 0:

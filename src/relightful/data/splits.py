@@ -26,7 +26,7 @@ def stable_hash(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def _check_splits(mapping: Mapping[str, object], what: str) -> None:
+def check_splits(mapping: Mapping[str, object], what: str) -> None:
     unknown = sorted(set(mapping) - set(SPLITS))
     if unknown:
         raise ValueError(f"{what}: unknown split(s) {unknown}; splits are {list(SPLITS)}")
@@ -41,8 +41,8 @@ def split_counts(n: int, fractions: Mapping[str, float], min_per_split: int = 1,
     `max(min_per_split, min_counts["train"])` when train is wanted. Raises ValueError when `n` cannot fill them.
     """
     min_counts = dict(min_counts or {})
-    _check_splits(fractions, "split fractions")
-    _check_splits(min_counts, "minimum split counts")
+    check_splits(fractions, "split fractions")
+    check_splits(min_counts, "minimum split counts")
     if any(v < 0 for v in fractions.values()) or any(v < 0 for v in min_counts.values()):
         raise ValueError(f"split fractions {dict(fractions)} and minimum counts {min_counts} must be >= 0")
     wanted = [s for s in SPLITS if fractions.get(s, 0.0) > 0 or min_counts.get(s, 0) > 0]

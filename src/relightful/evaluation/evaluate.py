@@ -79,8 +79,7 @@ class Evaluator:
         field's default σ) in model pixels, scaled to the pairs; 1 without a model."""
         if self.h is None:
             return 1.0
-        sigma = self.h.gain_sigma if self.h.detail_sigma is None else float(self.h.detail_sigma)
-        return sigma * size / self.h.model.config.image_size
+        return self.h.relight_sigma * size / self.h.model.config.image_size
 
     def methods(self, rows: pd.DataFrame, t: dict[str, torch.Tensor], seed: int,
                 scenario: Scenario | None = None) -> dict[str, torch.Tensor]:

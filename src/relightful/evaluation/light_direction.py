@@ -114,16 +114,14 @@ def _explained(normals: torch.Tensor, luma: torch.Tensor, candidates: torch.Tens
     return torch.where(cov > 0, cov ** 2 / var, torch.zeros_like(cov)) / total
 
 
-def _shrink(img: torch.Tensor, matte: np.ndarray, max_side: int | None) -> tuple[torch.Tensor, np.ndarray]:
-    """Area-downsample images (M, 3, H, W) and their matte so the longer side is at most `max_side`: a dominant
-    direction needs the shading's shape, not its pixels, and the sweep's (pixels × candidates) matrix stays small."""
-    h, w = matte.shape
+def shrink(x: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """Area-downsample (B, C, H, W) so the longer side is at most `max_side`: a lighting fit needs the shading's
+    shape, not its pixels, and the silhouette's height field costs pixels × ridge points."""
+    h, w = x.shape[-2:]
     if max_side is None or max(h, w) <= max_side:
-        return img, matte
+        return x
     size = (max(1, round(h * max_side / max(h, w))), max(1, round(w * max_side / max(h, w))))
-    img = torch.nn.functional.interpolate(img, size=size, mode="area")
-    small = torch.nn.functional.interpolate(torch.from_numpy(matte)[None, None], size=size, mode="area")[0, 0]
-    return img, small.numpy()
+    return torch.nn.functional.interpolate(x, size=size, mode="area")
 
 
 def _sweep(n: torch.Tensor, luma: torch.Tensor, coarse: int, fine: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,8 +149,8 @@ def _lobe(n: torch.Tensor, luma: torch.Tensor, directions: torch.Tensor) -> tupl
 
 def _prepare(images, matte, max_side: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normals (P, 3) and luminance (M, P) of the interior pixels of a subject's images (M, 3, H, W)."""
-    img = torch.as_tensor(np.asarray(images), dtype=torch.float64)
-    img, matte = _shrink(img, np.asarray(matte, dtype=np.float64), max_side)
+    img = shrink(torch.as_tensor(np.asarray(images), dtype=torch.float64), max_side)
+    matte = shrink(torch.as_tensor(np.asarray(matte), dtype=torch.float64)[None, None], max_side)[0, 0].numpy()
     normals, mask = normals_from_matte(matte)
     if mask.sum() < 16:
         raise ValueError(f"the matte has {int(mask.sum())} interior pixels: too few to estimate a light direction")

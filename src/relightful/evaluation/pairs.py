@@ -15,8 +15,7 @@ import pandas as pd
 import torch
 
 from relightful.io import InputError, load_tensors, srgb_encode
-from relightful.lighting import rotate_envmap
-from relightful.training.data import ENVMAPS, read_manifest
+from relightful.training.data import ENVMAPS, pair_panorama, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,7 @@ def deliver(fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor) -> torch.Te
 
 
 class Panoramas:
-    """z_b of light-stage pairs, built exactly as training builds it (training/data.py `encode_shard`): the stored
-    map `env_b`, rotated by `rotation_b_deg`, times the pair's `scale` and `2**exposure_b_stops`."""
+    """z_b of light-stage pairs, built exactly as training builds it (training/data.py `pair_panorama`)."""
 
     COLUMNS = ("env_b", "rotation_b_deg", "scale", "exposure_b_stops")
 
@@ -126,10 +124,7 @@ class Panoramas:
         missing = [c for c in self.COLUMNS if c not in rows.columns]
         if missing:
             raise InputError(Path(ENVMAPS), f"the manifest lacks {missing}, needed to build the panoramas")
-        out = []
-        for r in rows.itertuples():
-            if r.env_b not in self.maps:
-                raise InputError(Path(ENVMAPS), f"no map {r.env_b!r} (pair {r.pair_id})")
-            env = rotate_envmap(self.maps[r.env_b].float(), float(r.rotation_b_deg))
-            out.append(env.permute(2, 0, 1) * float(r.scale) * 2.0 ** float(r.exposure_b_stops))
-        return torch.stack(out).half().float()
+        unknown = sorted(set(rows.env_b) - set(self.maps))
+        if unknown:
+            raise InputError(Path(ENVMAPS), f"no map(s) {unknown} for the pairs of the manifest")
+        return torch.stack([pair_panorama(self.maps[r.env_b], r) for r in rows.itertuples()]).half().float()

@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from relightful.evaluation.light_direction import LUMA, fit_lighting, normals_from_matte
+from relightful.evaluation.light_direction import LUMA, fit_lighting, normals_from_matte, shrink
 
 FOV_DEG = 55.0            # assumed horizontal field of view of a background photo
 REFLECTANCE = 0.4         # ρ₀: assumed mean reflectance of a portrait (skin and clothes), linear luminance
@@ -126,10 +126,7 @@ def _normals(matte: torch.Tensor, max_side: int = NORMALS_SIDE) -> torch.Tensor:
     """(B, 3, H, W) silhouette normals of each matte (B, 1, H, W), computed at most `max_side` pixels per side
     (the shading is smooth; the union-of-spheres height field costs pixels × ridge points) and upsampled."""
     h, w = matte.shape[-2:]
-    small = matte.double().cpu()
-    if max(h, w) > max_side:
-        size = (max(1, round(h * max_side / max(h, w))), max(1, round(w * max_side / max(h, w))))
-        small = torch.nn.functional.interpolate(small, size=size, mode="area")
+    small = shrink(matte.double().cpu(), max_side)
     n = torch.stack([torch.from_numpy(normals_from_matte(m[0].numpy())[0]).permute(2, 0, 1) for m in small])
     if n.shape[-2:] != (h, w):
         n = torch.nn.functional.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)

@@ -244,7 +244,8 @@ class Harmonizer:
         return tuple(self.defaults[k] if v is None else v for k, v in given.items())
 
     @property
-    def _sigma(self) -> float:
+    def relight_sigma(self) -> float:
+        """σ (model pixels) of the gain field that carries the relighting over to the input's pixels."""
         return self.gain_sigma if self.detail_sigma is None else float(self.detail_sigma)
 
     @property
@@ -280,7 +281,7 @@ class Harmonizer:
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
 
         if uses_gain_field((height, width), size) or self.detail_sigma is not None:
-            gain = gain_field(generated, comp_s, m_s, self._sigma, self.gain_eps)
+            gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
             relit = fg_lin * _sample_window(gain, side, top, left, height, width)
         else:
             relit = _resize(generated, side)[..., top:top + height, left:left + width]
@@ -305,7 +306,7 @@ class Harmonizer:
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance,
                                   panorama=panorama)
         if size > side or self.detail_sigma is not None:
-            gain = gain_field(generated, comp_s, m_s, self._sigma, self.gain_eps)
+            gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
             relit = fg * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
         else:
             relit = _resize(generated, size)

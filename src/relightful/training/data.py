@@ -50,6 +50,13 @@ def cache_key(shard_path: Path, codec_identity: str, image_size: int) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def pair_panorama(env: torch.Tensor, row) -> torch.Tensor:
+    """z_b of one pair, (3, h, 2h) linear: its stored map `env` (h, 2h, 3) rotated by `row.rotation_b_deg`, times
+    the pair's `scale` and `2**exposure_b_stops`, as y_b was (DESIGN 3.4)."""
+    env = rotate_envmap(env.float(), float(row.rotation_b_deg))
+    return env.permute(2, 0, 1) * float(row.scale) * 2.0 ** float(row.exposure_b_stops)
+
+
 @torch.no_grad()
 def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, panoramas: dict | None,
                  batch: int = 16) -> dict[str, torch.Tensor]:
@@ -69,11 +76,7 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
         out["background"].append(to_model_space(y_b).half())
     cache = {k: torch.cat(v).cpu() for k, v in out.items()}
     if panoramas is not None:
-        pano = []
-        for r in rows.itertuples():
-            env = rotate_envmap(panoramas[r.env_b].float(), float(r.rotation_b_deg))
-            pano.append(env.permute(2, 0, 1) * float(r.scale) * 2.0 ** float(r.exposure_b_stops))
-        cache["panorama"] = torch.stack(pano).half()
+        cache["panorama"] = torch.stack([pair_panorama(panoramas[r.env_b], r) for r in rows.itertuples()]).half()
     return cache
 
 

@@ -4,10 +4,11 @@
    classifier-free guidance scales work at inference.
 2. The same loss with F_env(panorama) as the lighting, plus an alignment loss pulling F_bg(background) towards
    F_env(panorama) at every scale (F_env's side held fixed): the background alone learns physically grounded
-   lighting features. F_env starts untrained (its outputs are zero), so the alignment can wait until `align_start_step` and
-   ramp up over `align_warmup_steps` instead of first pulling F_bg to zero (measured: aligned at once, both
-   encoders' features shrank 200-fold and the lighting was lost); and with `bg_condition_fraction` > 0 that share of
-   each batch is conditioned on F_bg instead, so the UNet keeps serving the background path it is deployed with.
+   lighting features. F_env starts untrained (its outputs are zero): it can first learn alone (`env_warmup_steps`,
+   `param_groups`), and the alignment can wait until `align_start_step` and ramp up over `align_warmup_steps`
+   instead of first pulling F_bg to zero (measured: aligned at once, both encoders' features shrank 200-fold and
+   the lighting was lost); with `bg_condition_fraction` > 0 that share of each batch is conditioned on F_bg
+   instead, so the UNet keeps serving the background path it is deployed with.
 3. The stage-1 loss on natural pairs; only the UNet trains, F_bg is frozen.
 """
 
