@@ -4,7 +4,8 @@ the three classifier-free-guidance passes one by one (the reference), measured i
 Prints, as its last line, one JSON object: `s_per_image_<size>` (ours, batched guidance), `..._reference`
 (unbatched) and `..._ratio` = reference / ours (higher is better) for each input size, plus the setup.
 
-    python benchmarks/inference.py --steps 20 --sizes 256 512 --image-size 64
+    python benchmarks/inference.py --steps 20 --sizes 256 512                        # the tiny profile's model
+    python benchmarks/inference.py --profile gpu --precision bf16 --sizes 512         # SD-1.5 shapes, on a GPU
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from relightful.models import ModelConfig, RelightModel
-from relightful.models.pipeline import Harmonizer
+sys.path.insert(0, str(Path(__file__).parent))
+
+from profile_model import model_config  # noqa: E402
+
+from relightful.models import RelightModel  # noqa: E402
+from relightful.models.pipeline import Harmonizer  # noqa: E402
 
 
 def inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,16 +59,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="input resolutions (square)")
-    parser.add_argument("--image-size", type=int, default=64, help="the model's resolution (ModelConfig.image_size)")
+    parser.add_argument("--profile", default="tiny", help="a profile of --params: its model, random weights")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--image-size", type=int, default=None, help="override the profile's model resolution")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the best is kept)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    model = RelightModel(ModelConfig(image_size=args.image_size)).to(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = model_config(args.profile, Path(tmp), args.params, args.image_size)
+        torch.manual_seed(0)
+        model = RelightModel(config).eval()
+    model = model.to(args.device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     ours, reference = Harmonizer(model), Harmonizer(model, batch_guidance=False)
-    result: dict = {"steps": args.steps, "image_size": args.image_size, "device": str(args.device),
-                    "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    result: dict = {"profile": args.profile, "steps": args.steps, "image_size": config.image_size,
+                    "precision": args.precision, "device": str(args.device), "threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     for size in args.sizes:
         t_ours = seconds_per_image(ours, size, args.steps, args.repeats)
         t_ref = seconds_per_image(reference, size, args.steps, args.repeats)
@@ -68,6 +85,8 @@ def main() -> None:
               f"{t_ref / t_ours:.2f}x)", flush=True)
         result.update({f"s_per_image_{size}": round(t_ours, 4), f"s_per_image_{size}_reference": round(t_ref, 4),
                        f"s_per_image_{size}_ratio": round(t_ref / t_ours, 3)})
+    if torch.cuda.is_available():
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(result))
 
 

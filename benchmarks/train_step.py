@@ -1,22 +1,30 @@
-"""Stage-1 training throughput against a reference step written the way diffusers' `train_instruct_pix2pix.py`
-does it, on the same device, UNet, lighting encoder, codec and DeepSpeed engine, measured in one run.
+"""Stage-1 training throughput and model-FLOPs utilisation, against a reference step written the way diffusers'
+`train_instruct_pix2pix.py` does it, on the same device, model shape and DeepSpeed settings, measured in one run.
 
-- ours: the latents of the composite and the target were encoded once and cached (`training.data`); a step reads
-  a cached batch and runs the UNet + F_bg forward/backward and the optimizer.
-- reference: every step builds the composite and target from the linear pair images, encodes both with the VAE
-  (`latent_dist.sample()`, as the script does), then the same forward/backward/optimizer step.
+- ours: `relightful.training` as the stage runs it: the latents of the composite and the target were encoded once
+  and cached (`training.data`); each step gathers a cached batch, applies the profile's runtime settings
+  (`train.runtime`: channels-last, compile, gradient checkpointing) and runs UNet + F_bg forward/backward and
+  the fused AdamW step.
+- reference: every step builds the composite and target from the linear pair images and encodes both with the
+  codec (for a VAE `latent_dist.sample()`, as the script does), with no runtime settings; the same model shape,
+  precision, ZeRO stage and micro-batch.
+- mfu: FLOPs per sample (matmuls, convolutions, attention; forward and backward, counted by torch's
+  FlopCounterMode) × samples/s, over the rate of a large GEMM in the step's precision measured here in the same
+  run (`mfu_datasheet`: over the GPU's dense bf16 peak, for known GPUs).
 
-Prints, as its last line, one JSON object with both samples/s and their ratio (ours / reference).
+Prints, as its last line, one JSON object of these figures.
 
-    python benchmarks/train_step.py --profile tiny          # SD-shaped VAE at 1/8 width, tiny UNet, CPU fp32
-    python benchmarks/train_step.py --profile gpu --precision bf16 --micro-batch 12   # SD-1.5 shapes, on a GPU
+    python benchmarks/train_step.py --profile tiny                     # params.yaml's tiny model and step
+    python benchmarks/train_step.py --profile gpu --micro-batch 12     # SD-1.5 shapes, 512², bf16 ZeRO-2 (a GPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,33 +33,20 @@ import pandas as pd
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
 
-from relightful.io import save_tensors  # noqa: E402
-from relightful.models import CodecConfig, EncoderConfig, ModelConfig, PanoramaConfig, RelightModel, UNetConfig  # noqa: E402
-from relightful.training import TrainConfig  # noqa: E402
-from relightful.training.config import DeepSpeedConfig  # noqa: E402
-from relightful.models.codecs import to_model_space  # noqa: E402
+from profile_model import model_config, train_config  # noqa: E402
+
+from relightful.io import load_tensors, save_tensors  # noqa: E402
+from relightful.models import RelightModel  # noqa: E402
+from relightful.models.codecs import VaeCodec, to_model_space  # noqa: E402
+from relightful.training.config import RuntimeConfig  # noqa: E402
 from relightful.training.data import PairStream, build_cache, read_manifest  # noqa: E402
 from relightful.training.engine import build_engine, init_distributed  # noqa: E402
+from relightful.training.flops import count_flops, datasheet_peak, gemm_flops_per_s, mfu  # noqa: E402
 from relightful.training.loop import draw_step, step_generator  # noqa: E402
-from relightful.training.objectives import StageObjective, set_trainable  # noqa: E402
-
-PROFILES = {
-    # SD's AutoencoderKL architecture (4 levels, 8x downsampling, 2 layers per level) at 1/8 of its width, so the
-    # tiny UNet sees 32x32x4 latents of 256x256 images: the tiny profile's latent size, SD's image:latent ratio.
-    "tiny": dict(vae=dict(block_out_channels=(16, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
-                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
-                          layers_per_block=2, sample_size=256),
-                 unet=UNetConfig(), widths=(32, 64, 64), image_size=256),
-    "gpu": dict(vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=32,
-                         layers_per_block=2, sample_size=512),
-                unet=UNetConfig(block_out_channels=(320, 640, 1280, 1280),
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2,
-                                cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, null_tokens=77),
-                widths=(320, 640, 1280, 1280), image_size=512),
-}
+from relightful.training.objectives import StageObjective, param_groups, set_trainable  # noqa: E402
+from relightful.training.runtime import batch_to_device, prepare_model, to_device  # noqa: E402
 
 
 def make_pairs(root: Path, n: int, size: int) -> Path:
@@ -66,86 +61,130 @@ def make_pairs(root: Path, n: int, size: int) -> Path:
     return pairs
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
-    ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--zero-stage", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps of each variant")
+    ap.add_argument("--profile", default="tiny", help="a profile of --params (its model and stage-1 step settings)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--image-size", type=int, default=None, help="override the profile's model resolution")
+    ap.add_argument("--micro-batch", type=int, default=None, help="default: the profile's")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the profile's")
+    ap.add_argument("--zero-stage", type=int, default=None, help="default: the profile's")
+    for flag in ("channels-last", "compile", "gradient-checkpointing"):
+        ap.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the profile's train.runtime")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps of each variant and repetition")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=64)
     args = ap.parse_args()
-    profile = PROFILES[args.profile]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     init_distributed()
 
-    from diffusers import AutoencoderKL
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        torch.manual_seed(0)
-        AutoencoderKL(**profile["vae"]).save_pretrained(root / "vae", safe_serialization=True)
-        n_scales = len(profile["widths"])
-        config = ModelConfig(image_size=profile["image_size"], codec=CodecConfig(kind="vae", vae_path=str(root / "vae")),
-                             unet=profile["unet"], lighting=EncoderConfig(widths=profile["widths"]),
-                             panorama=PanoramaConfig(widths=profile["widths"][:n_scales]))
-        model = RelightModel(config)
+        config = model_config(args.profile, root, args.params, args.image_size)
+        train = train_config(args.profile, args.params, micro_batch=args.micro_batch, precision=args.precision,
+                             zero_stage=args.zero_stage)
+        runtime = dataclasses.replace(train.runtime, **{k: v for k, v in (
+            ("channels_last", args.channels_last), ("compile", args.compile),
+            ("gradient_checkpointing", args.gradient_checkpointing)) if v is not None})
+        train = dataclasses.replace(train, runtime=runtime)
+        mb = train.deepspeed.micro_batch
+
+        def engine_for(runtime: RuntimeConfig):
+            torch.manual_seed(0)
+            model = RelightModel(config).to(device)
+            set_trainable(model, 1)
+            prepare_model(model, runtime)
+            objective = StageObjective(model, 1, train.align_weight, train.num_train_timesteps,
+                                       train.prediction_type, train.zero_snr)
+            return model, build_engine(objective, param_groups(model, 1), train, 1)[0]
+
+        model, ours = engine_for(runtime)
+        reference_model, reference = engine_for(RuntimeConfig())
         pairs = make_pairs(root, args.pairs, config.image_size)
-        files = build_cache(pairs, root / "cache", model.to(device), progress=False)
-        manifest = read_manifest(pairs)
-        stream = PairStream(manifest, files, "train", args.micro_batch)
-        from relightful.io import load_tensors
-
+        stream = PairStream(read_manifest(pairs), build_cache(pairs, root / "cache", model, progress=False),
+                            "train", mb)
         raw = {k: v.to(device) for k, v in load_tensors(pairs / "shard-00000.safetensors").items()}
-        train = TrainConfig(deepspeed=DeepSpeedConfig(micro_batch=args.micro_batch, precision=args.precision,
-                                                      zero_stage=args.zero_stage))
-        params = set_trainable(model, 1)
-        objective = StageObjective(model, 1)
-        engine, _, _ = build_engine(objective, params, train, 1)
-        vae = model.codec.vae
+        weights = (None if train.timestep_bias.strategy == "none"
+                   else train.timestep_bias.weights(train.num_train_timesteps))
 
-        def cached_batch(step):
-            return {k: v.to(device, non_blocking=True) for k, v in stream.batch(step).items()}
+        def encode(codec, images):
+            if isinstance(codec, VaeCodec):  # as the diffusers script does: a draw from the posterior
+                vae = codec.vae
+                return vae.encode(images.to(vae.dtype)).latent_dist.sample().float() * vae.config.scaling_factor
+            return codec.encode(images)
 
-        def reference_batch(step):
-            idx = torch.arange(step * args.micro_batch, (step + 1) * args.micro_batch, device=device) % args.pairs
+        def reference_batch(step: int) -> dict[str, torch.Tensor]:
+            idx = torch.arange(step * mb, (step + 1) * mb, device=device) % args.pairs
             x_a, x_b, y_b, m = (raw[k][idx].float() for k in ("x_a", "x_b", "y_b", "matte"))
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                composite = vae.encode(to_model_space(m * x_a + (1 - m) * y_b)).latent_dist.sample()
-                target = vae.encode(to_model_space(m * x_b + (1 - m) * y_b)).latent_dist.sample()
-            s = vae.config.scaling_factor
-            return {"composite": composite.float() * s, "target": target.float() * s, "matte": model.matte_latent(m),
+            with torch.no_grad():
+                composite = encode(reference_model.codec, to_model_space(m * x_a + (1 - m) * y_b))
+                target = encode(reference_model.codec, to_model_space(m * x_b + (1 - m) * y_b))
+            return {"composite": composite, "target": target, "matte": reference_model.matte_latent(m),
                     "background": to_model_space(y_b)}
 
-        def run(make_batch, steps: int, offset: int) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+        def step_once(engine, batch, step: int, runtime: RuntimeConfig) -> None:
+            drawn = draw_step(batch, step_generator(train.seed, step, 0, 0), train.num_train_timesteps,
+                              train.cond_dropout, weights)
+            batch = batch_to_device(batch, device, runtime)
+            noise, t, keep_image, keep_light = (to_device(x, device, runtime) for x in drawn)
+            loss, _ = engine(batch, noise, t, keep_image, keep_light)
+            engine.backward(loss)
+            engine.step()
+
+        def run_ours(step: int) -> None:
+            step_once(ours, stream.batch(step), step, runtime)
+
+        def run_reference(step: int) -> None:
+            step_once(reference, reference_batch(step), step, RuntimeConfig())
+
+        def rate(run, steps: int, offset: int) -> float:
+            synchronize(device)
             t0 = time.perf_counter()
             for step in range(offset, offset + steps):
-                batch = make_batch(step)
-                noise, t, keep_image, keep_light = draw_step(batch, step_generator(0, step, 0, 0), 1000, 0.05)
-                loss, _ = engine(batch, noise.to(device), t.to(device), keep_image.to(device), keep_light.to(device))
-                engine.backward(loss)
-                engine.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return steps * args.micro_batch / (time.perf_counter() - t0)
+                run(step)
+            synchronize(device)
+            return steps * mb / (time.perf_counter() - t0)
 
-        run(cached_batch, args.warmup, 0)
-        run(reference_batch, args.warmup, 0)
-        ours, ref = [], []
+        flops_per_sample = count_flops(lambda: step_once(reference, stream.batch(0), 0, RuntimeConfig())) / mb
+        t0 = time.perf_counter()
+        run_ours(0)  # compiles, when asked
+        synchronize(device)
+        first_step_s = time.perf_counter() - t0
+        rate(run_ours, args.warmup, 1)
+        rate(run_reference, args.warmup, 1)
+        ours_rates, reference_rates = [], []
         for rep in range(2):  # interleaved, so drift of the machine's speed hits both alike
-            ours.append(run(cached_batch, args.steps, 100 + rep * args.steps))
-            ref.append(run(reference_batch, args.steps, 100 + rep * args.steps))
-    result = {"profile": args.profile, "device": str(device), "precision": args.precision,
-              "micro_batch": args.micro_batch, "unet_params_m": round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 1),
-              "samples_per_s": round(max(ours), 2), "reference_samples_per_s": round(max(ref), 2),
-              "samples_per_s_ratio": round(max(ours) / max(ref), 3)}
+            ours_rates.append(rate(run_ours, args.steps, 100 + rep * args.steps))
+            reference_rates.append(rate(run_reference, args.steps, 100 + rep * args.steps))
+        dtype = torch.bfloat16 if train.deepspeed.precision == "bf16" else torch.float32
+        gemm = gemm_flops_per_s(device, dtype)
+        peak = datasheet_peak(device)
+
+    best, best_reference = max(ours_rates), max(reference_rates)
+    result = {"profile": args.profile, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "threads": torch.get_num_threads(), "precision": train.deepspeed.precision,
+              "zero_stage": train.deepspeed.zero_stage, "micro_batch": mb, "image_size": config.image_size,
+              "runtime": dataclasses.asdict(runtime),
+              "unet_params_m": round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 1),
+              "gflop_per_sample": round(flops_per_sample / 1e9, 3),
+              "samples_per_s": round(best, 2), "reference_samples_per_s": round(best_reference, 2),
+              "samples_per_s_ratio": round(best / best_reference, 3),
+              "gemm_tflop_per_s": round(gemm / 1e12, 3), "mfu": round(mfu(flops_per_sample, best, gemm), 3),
+              "reference_mfu": round(mfu(flops_per_sample, best_reference, gemm), 3),
+              "first_step_s": round(first_step_s, 2)}
+    if peak:
+        result.update(datasheet_tflop_per_s=round(peak / 1e12, 1), mfu_datasheet=round(mfu(flops_per_sample, best, peak), 3))
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(f"ours {result['samples_per_s']} samples/s | reference (VAE encode per step) "
-          f"{result['reference_samples_per_s']} samples/s | ratio {result['samples_per_s_ratio']}")
+    print(f"ours {result['samples_per_s']} samples/s (mfu {result['mfu']}) | reference {best_reference:.2f} "
+          f"samples/s | ratio {result['samples_per_s_ratio']} | {result['gflop_per_sample']} GFLOP/sample, GEMM "
+          f"{result['gemm_tflop_per_s']} TFLOP/s")
     print(json.dumps(result))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from relightful.io import InputError, load_tensors
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
-from relightful.training.config import DeepSpeedConfig, OptimConfig, SamplingConfig
+from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
 from relightful.training.data import PairStream, build_cache, read_manifest
 from relightful.training.loop import train_stage
 
@@ -101,6 +102,26 @@ def test_killed_run_resumes_to_the_same_weights(rendered_pairs, tmp_path):
     (latest / "trainable.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="trainable.safetensors: not a valid safetensors file"):
         train_stage(1, rendered_pairs, tmp_path / "again2", tmp_path / "run-resumed", config, **kw)
+
+
+def test_runtime_settings_resume_bit_identical_and_compute_the_same_step(rendered_pairs, tmp_path):
+    """The step settings of `train.runtime` (channels-last activations, gradient checkpointing) with the fused
+    AdamW step: a killed run resumes bit-identically, and the losses are the plain step's up to rounding."""
+    runtime = RuntimeConfig(channels_last=True, gradient_checkpointing=True)
+    config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, optim=OptimConfig(lr=2e-3, warmup_steps=1),
+                         deepspeed=DeepSpeedConfig(micro_batch=4), runtime=runtime)
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "whole", tmp_path / "run-whole", config, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, stop_after=2, **kw)
+    resumed = train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, **kw)
+    assert [r["loss"] for r in whole.history] == [r["loss"] for r in resumed.history]
+    a = RelightModel.from_pretrained(tmp_path / "whole").state_dict()
+    b = RelightModel.from_pretrained(tmp_path / "resumed").state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    plain = train_stage(1, rendered_pairs, tmp_path / "plain", tmp_path / "run-plain",
+                        dataclasses.replace(config, runtime=RuntimeConfig()), **kw)
+    assert [r["loss"] for r in plain.history] == pytest.approx([r["loss"] for r in whole.history], rel=1e-3)
 
 
 def test_changed_settings_do_not_resume_stale_checkpoints(rendered_pairs, tmp_path):

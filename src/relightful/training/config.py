@@ -26,6 +26,15 @@ class DeepSpeedConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How a training step runs, not what it computes: the loss and its gradients stay the same (to rounding).
+    What each setting pays on which device is measured by `benchmarks/train_step.py` (README, "Training speed")."""
+    channels_last: bool = False          # NHWC activations (the layout of GPU tensor cores)
+    compile: bool = False                # torch.compile the UNet and the encoders, in place (names unchanged)
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more time
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """How the trained model is best sampled; written into the model folder as `harmonize`'s defaults."""
     steps: int = 20
@@ -77,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cond_dropout: float = 0.05      # P(drop image) = P(drop lighting) = P(drop both) (InstructPix2Pix's recipe)
     align_weight: float = 1.0       # stage 2: weight of the F_bg -> F_env alignment loss
     env_warmup_steps: int = 0       # stage 2: only F_env trains for these first steps (the rest keeps stage 1's)

@@ -147,8 +147,21 @@ class PairStream:
 
     def samples(self, start: int, count: int) -> dict[str, torch.Tensor]:
         items = [self.epoch_order((start + k) // self.n)[(start + k) % self.n] for k in range(count)]
-        keys = [k for k in self._shard(items[0][0]) if k != "__metadata__"]
-        return {k: torch.stack([self._shard(s)[k][i] for s, i in items]).float() for k in keys}
+        by_shard: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()  # shard -> (rows, batch slots)
+        for slot, (shard, row) in enumerate(items):
+            rows, slots = by_shard.setdefault(shard, ([], []))
+            rows.append(row)
+            slots.append(slot)
+        out: dict[str, torch.Tensor] = {}
+        for shard, (rows, slots) in by_shard.items():  # one gather per shard and tensor, not one per sample
+            tensors = self._shard(shard)
+            for key, value in tensors.items():
+                if key == "__metadata__":
+                    continue
+                if key not in out:
+                    out[key] = torch.empty((count, *value.shape[1:]), dtype=torch.float32)
+                out[key][torch.tensor(slots)] = value[torch.tensor(rows)].float()
+        return out
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         n = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch

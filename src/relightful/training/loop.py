@@ -28,6 +28,7 @@ from relightful.training.data import ENVMAPS, PairStream, build_cache, read_mani
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
 from relightful.training.objectives import StageObjective, param_groups, set_trainable
+from relightful.training.runtime import batch_to_device, prepare_model, to_device
 from relightful.training.validation import sample_grid, validation_batch, write_grid
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     if model.config.residual and config.prediction_type != "sample":
         raise ValueError("a residual model (model.residual) predicts x̂₀: train it with prediction_type 'sample'")
     set_trainable(model, stage)
+    prepare_model(model, config.runtime)
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                                config.zero_snr, config.bg_condition_fraction)
 
@@ -159,8 +161,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             batch = stream.batch(step, micro)
             drawn = draw_step(batch, step_generator(config.seed, step, micro, rank), config.num_train_timesteps,
                               config.cond_dropout, timestep_weights)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            noise, t, keep_image, keep_light = (x.to(device) for x in drawn)
+            batch = batch_to_device(batch, device, config.runtime)
+            noise, t, keep_image, keep_light = (to_device(x, device, config.runtime) for x in drawn)
             loss, logs = engine(batch, noise, t, keep_image, keep_light)
             engine.backward(loss)
             engine.step()
