@@ -23,6 +23,7 @@ class DeepSpeedConfig:
     precision: str = "fp32"         # "fp32" | "bf16"
     micro_batch: int = 8            # per process
     grad_accum: int = 1
+    bucket_size: int = 500_000_000  # elements per ZeRO gradient-reduce and all-gather bucket (DeepSpeed's default)
 
 
 @dataclass(frozen=True)
