@@ -24,7 +24,8 @@ if [ "$mode" = "--fetch-wheels" ]; then
     "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        diffusers==0.42.1 hjson pydantic pydantic-core annotated-types typing-inspection importlib-metadata
+        diffusers==0.42.1 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5 importlib-metadata==9.1.0   # the versions that resolved with the rest here
     ls .whl
     exit 0
 fi
