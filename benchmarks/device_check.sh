@@ -56,13 +56,15 @@ infer_json=$("$PY" benchmarks/inference.py "${infer[@]}" | tail -n 1)
 import json, sys
 
 mode, train, infer = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-size = max(int(k.split("_")[3]) for k in infer if k.startswith("s_per_image_") and k.count("_") == 3)
+size = max(int(k.rsplit("_", 1)[1]) for k in infer if k.startswith("s_per_image_") and k.count("_") == 3)
 s_per_image = infer[f"s_per_image_{size}"]
+peak = train.get("peak_memory_gib")
 print(json.dumps({
     "dry_run": mode == "--dry-run", "device": train["device"],
     "samples_per_s": train["samples_per_s"], "reference_samples_per_s": train["reference_samples_per_s"],
     "samples_per_s_ratio": train["samples_per_s_ratio"], "mfu": train["mfu"],
-    "mfu_datasheet": train.get("mfu_datasheet"), "peak_memory_gib": train.get("peak_memory_gib"),
+    "mfu_datasheet": train.get("mfu_datasheet"), "peak_memory_gib": peak,
+    "inference_peak_gpu_gib": infer.get(f"peak_gpu_gib_{size}"),
     "gflop_per_sample": train["gflop_per_sample"], "first_step_s": train["first_step_s"],
     f"s_per_image_{size}": s_per_image, "inference_steps": infer["steps"],
     "goals_met": {"samples_per_s>=45": train["samples_per_s"] >= 45, "ratio>=1.5": train["samples_per_s_ratio"] >= 1.5,

@@ -297,6 +297,43 @@ def test_cli_end_to_end(model_dir: Path, tmp_path: Path, capsys):
     assert "nope.jpg" in capsys.readouterr().out
 
 
+def test_cli_refuses_an_input_over_the_pixel_limit_before_decoding(model_dir: Path, tmp_path: Path, capsys):
+    rng = np.random.default_rng(5)
+    fg, bg, matte = tmp_path / "fg.png", tmp_path / "big-bg.jpg", tmp_path / "matte.png"
+    write_ldr(fg, rng.uniform(0, 1, (40, 52, 3)).astype(np.float32))
+    write_ldr(bg, rng.uniform(0, 1, (1000, 1200, 3)).astype(np.float32))
+    write_matte(matte, disc_matte(40, 52))
+    args = ["harmonize", "--model", str(model_dir), "--fg", str(fg), "--matte", str(matte), "--bg", str(bg),
+            "--out", str(tmp_path / "out.png"), "--steps", "1", "--quiet", "--device", "cpu"]
+    assert run_cli(args + ["--max-pixels", "1000000"]) == 1
+    message = capsys.readouterr().out
+    assert "big-bg.jpg" in message and "1200x1000 is 1.2 MP, over the limit of 1 MP" in message
+    assert not (tmp_path / "out.png").exists()
+    assert run_cli(args + ["--max-pixels", "2000000"]) == 0
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    broken = args.copy()
+    broken[broken.index(str(bg))] = str(tmp_path / "broken.png")
+    assert run_cli(broken) == 1
+    assert "broken.png" in capsys.readouterr().out
+
+
+def test_only_the_matte_bounding_box_changes(harmonizer: Harmonizer):
+    """Outside the matte's bounding box the output is the cover-resized background byte for byte; an empty matte
+    returns that background unchanged."""
+    rng = np.random.default_rng(6)
+    fg = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    matte = np.zeros((96, 80), np.float32)
+    matte[30:70, 20:50] = 1.0
+    out = harmonizer(fg, matte, bg, steps=1)
+    expected_bg = cover_resize(bg, (96, 80))
+    outside = np.ones((96, 80), bool)
+    outside[30:70, 20:50] = False
+    assert np.array_equal(out[outside], expected_bg[outside])
+    assert not np.array_equal(out[30:70, 20:50], expected_bg[30:70, 20:50])
+    assert np.array_equal(harmonizer(fg, np.zeros_like(matte), bg, steps=1), expected_bg)
+
+
 def test_sampling_defaults_come_from_the_model_folder(tmp_path: Path, monkeypatch):
     torch.manual_seed(0)
     model = RelightModel(micro_model_config())

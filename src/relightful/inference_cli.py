@@ -8,13 +8,17 @@ from pathlib import Path
 
 from relightful.io.errors import InputError
 
+DEFAULT_MAX_PIXELS = 40_000_000  # a 7,700×5,200 photo; its decoded copies take a few GB
+
 
 def cmd_harmonize(args: argparse.Namespace) -> None:
     """Read, check sizes before loading the model (a mistake fails in a second), relight, write atomically."""
-    from relightful.io import LDR_SUFFIXES, read_ldr, read_matte, to_uint8, write_ldr
+    from relightful.io import LDR_SUFFIXES, check_pixels, read_ldr, read_matte, to_uint8, write_ldr
 
     if args.out.suffix.lower() not in LDR_SUFFIXES:
         raise InputError(args.out, f"output must be an 8-bit image file, one of {', '.join(LDR_SUFFIXES)}")
+    for path in (args.fg, args.matte, args.bg):  # from the headers, before any image is decoded
+        check_pixels(path, args.max_pixels)
     fg, matte, bg = read_ldr(args.fg), read_matte(args.matte), read_ldr(args.bg)
     if fg.shape[:2] != matte.shape:
         raise InputError(args.matte, f"the matte is {matte.shape[1]}x{matte.shape[0]} but the foreground {args.fg} "
@@ -55,6 +59,8 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
                    help="image guidance scale (default: the model's; else 1.5)")
     p.add_argument("--lighting-guidance", type=float, default=None, metavar="Y",
                    help="lighting guidance scale (default: the model's; else 3.0)")
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse an input image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harmonize)

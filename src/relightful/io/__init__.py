@@ -1,11 +1,12 @@
 """Image and tensor I/O with validation and atomic writes."""
 
 from relightful.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from relightful.io.color import auto_exposure, srgb_decode, srgb_encode, to_uint8, tonemap
+from relightful.io.color import auto_exposure, srgb_decode, srgb_decode_8bit, srgb_encode, to_uint8, tonemap
 from relightful.io.errors import InputError
 from relightful.io.images import (
     HDR_SUFFIXES,
     LDR_SUFFIXES,
+    check_pixels,
     read_hdr,
     read_ldr,
     read_matte,
@@ -18,6 +19,7 @@ from relightful.io.tensors import load_tensors, read_metadata, save_tensors
 
 __all__ = [
     "HDR_SUFFIXES", "LDR_SUFFIXES", "InputError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-    "auto_exposure", "load_tensors", "read_hdr", "read_json", "read_ldr", "read_matte", "read_metadata", "save_tensors",
-    "srgb_decode", "srgb_encode", "to_uint8", "tonemap", "write_hdr", "write_ldr", "write_matte",
+    "auto_exposure", "check_pixels", "load_tensors", "read_hdr", "read_json", "read_ldr", "read_matte",
+    "read_metadata", "save_tensors",
+    "srgb_decode", "srgb_decode_8bit", "srgb_encode", "to_uint8", "tonemap", "write_hdr", "write_ldr", "write_matte",
 ]

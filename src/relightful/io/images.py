@@ -33,6 +33,31 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     return image
 
 
+def check_pixels(path: str | Path, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels; `InputError` when it holds
+    more than `max_pixels`, so an oversized upload is refused before it takes the memory of its decoded copies."""
+    import warnings
+
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # over twice Pillow's own limit (about 179 MP)
+        raise InputError(path, f"over the limit of {max_pixels / 1e6:g} MP (--max-pixels)") from None
+    except (OSError, ValueError, SyntaxError):
+        raise InputError(path, "cannot decode image (truncated, corrupt or unsupported format)") from None
+    if width * height > max_pixels:
+        raise InputError(path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of "
+                               f"{max_pixels / 1e6:g} MP (--max-pixels)")
+    return width, height
+
+
 def _to_rgb(image: np.ndarray, path: Path) -> np.ndarray:
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=-1)

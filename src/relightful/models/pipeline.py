@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relightful.io import InputError, srgb_decode, srgb_encode, to_uint8
+from relightful.io import InputError, srgb_decode, srgb_decode_8bit, srgb_encode, to_uint8
 from relightful.models.codecs import PixelUnshuffleCodec, from_model_space, to_model_space
 from relightful.models.relight_model import RelightModel, read_model_meta
 
@@ -270,24 +270,33 @@ class Harmonizer:
         bg_full8, canvas8 = cover_canvas(bg8, (height, width), side)
 
         dev = self.device
-        as_linear = lambda a: srgb_decode(torch.from_numpy(a).to(dev).permute(2, 0, 1)[None].float() / 255.0)
-        fg_lin, bg_lin, canvas_lin = as_linear(fg8), as_linear(bg_full8), as_linear(canvas8)
+        as_linear = lambda a: srgb_decode_8bit(a).to(dev).permute(2, 0, 1)[None]
+        fg_lin, canvas_lin = as_linear(fg8), as_linear(canvas8)
         m_t = torch.from_numpy(m).to(dev)[None, None]
         pad = (left, side - width - left, top, side - height - top)
         m_canvas = F.pad(m_t, pad)
         composite = m_canvas * F.pad(fg_lin, pad) + (1 - m_canvas) * canvas_lin
-
         comp_s, m_s, bg_s = _resize(composite, size), _resize(m_canvas, size).clamp(0, 1), _resize(canvas_lin, size)
+        del composite, m_canvas, canvas_lin  # full-size buffers: free them before sampling
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
 
+        # Only the matte's bounding box changes: elsewhere the output is the cover-resized background, byte for byte.
+        rows, cols = np.nonzero(m)
+        out8 = bg_full8.copy()
+        if rows.size == 0:
+            return out8
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        fg_box, m_box = fg_lin[..., r0:r1, c0:c1], m_t[..., r0:r1, c0:c1]
         if uses_gain_field((height, width), size) or self.detail_sigma is not None:
             gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
-            relit = fg_lin * _sample_window(gain, side, top, left, height, width)
+            relit = fg_box * _sample_window(gain, side, top + r0, left + c0, r1 - r0, c1 - c0)
         else:
-            relit = _resize(generated, side)[..., top:top + height, left:left + width]
-        out = m_t * relit + (1 - m_t) * bg_lin
-        out8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
-        return np.where((m == 0)[..., None], bg_full8, out8)
+            relit = _resize(generated, side)[..., top + r0:top + r1, left + c0:left + c1]
+        bg_box = bg_full8[r0:r1, c0:c1]
+        out = m_box * relit + (1 - m_box) * as_linear(np.ascontiguousarray(bg_box))
+        box8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
+        out8[r0:r1, c0:c1] = np.where((m[r0:r1, c0:c1] == 0)[..., None], bg_box, box8)
+        return out8
 
     @torch.inference_mode()
     def relight_batch(self, fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor, seed: int,
