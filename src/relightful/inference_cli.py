@@ -1,5 +1,7 @@
-"""`relightful harmonize`: relight a portrait onto a new background (DESIGN 3.7). Kept apart from cli.py so the
-inference command and its checks live next to each other; cli.py registers it with `add_harmonize_parser`."""
+"""`relightful harmonize`, `relightful matte` and `relightful fetch-weights` (DESIGN 3.7): relight a portrait onto
+a new background, matte a portrait automatically, fetch the segmenter's weights at setup. Kept apart from cli.py
+so the inference commands and their checks live next to each other; cli.py registers them with
+`add_harmonize_parser`."""
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
     if args.out.suffix.lower() not in LDR_SUFFIXES:
         raise InputError(args.out, f"output must be an 8-bit image file, one of {', '.join(LDR_SUFFIXES)}")
     for path in (args.fg, args.matte, args.bg):  # from the headers, before any image is decoded
-        check_pixels(path, args.max_pixels)
-    fg, matte, bg = read_ldr(args.fg), read_matte(args.matte), read_ldr(args.bg)
+        if path is not None:
+            check_pixels(path, args.max_pixels)
+    fg, bg = read_ldr(args.fg), read_ldr(args.bg)
+    matte = read_matte(args.matte) if args.matte is not None else auto_matte(args.fg, to_uint8(fg))
     if fg.shape[:2] != matte.shape:
         raise InputError(args.matte, f"the matte is {matte.shape[1]}x{matte.shape[0]} but the foreground {args.fg} "
                                      f"is {fg.shape[1]}x{fg.shape[0]}: they must have the same size")
@@ -31,6 +35,45 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
                      progress=not args.quiet)
     write_ldr(args.out, out.astype("float32") / 255.0)
     print(f"harmonize: {out.shape[1]}x{out.shape[0]} -> {args.out}")
+
+
+def auto_matte(path: Path, image) -> "np.ndarray":
+    """The person segmenter's matte of the portrait at `path`; its failures as `InputError` naming the file."""
+    from relightful.augment.segmenter import NoPersonFound, WeightsMissing, segmenter_matte
+
+    try:
+        return segmenter_matte(image)
+    except NoPersonFound as err:
+        raise InputError(path, str(err)) from None
+    except WeightsMissing as err:
+        raise InputError(path, f"cannot matte it: {err}") from None
+
+
+def cmd_matte(args: argparse.Namespace) -> None:
+    from relightful.io import LDR_SUFFIXES, check_pixels, read_ldr, to_uint8, write_matte
+
+    if args.out.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise InputError(args.out, "a matte is written as a lossless grey image: .png or .tif")
+    check_pixels(args.image, args.max_pixels)
+    image = to_uint8(read_ldr(args.image))
+    if args.method == "grabcut":
+        from relightful.augment.matting import grabcut_matte
+
+        matte = grabcut_matte(image)
+    else:
+        matte = auto_matte(args.image, image)
+    write_matte(args.out, matte)
+    print(f"matte: {args.method}, {float((matte > 0.5).mean()):.1%} of {args.image.name} -> {args.out}")
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> None:
+    from relightful.augment.segmenter import SELFIE_SEGMENTER, fetch_weights
+
+    try:
+        path = fetch_weights(SELFIE_SEGMENTER, args.dir)
+    except (OSError, RuntimeError) as err:  # network, archive or hash: say which and fail
+        raise ValueError(f"cannot fetch {SELFIE_SEGMENTER.url}: {err}") from None
+    print(f"fetch-weights: {SELFIE_SEGMENTER.name} ({SELFIE_SEGMENTER.licence}, sha256 verified) -> {path}")
 
 
 def _positive(text: str) -> int:
@@ -49,7 +92,9 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model folder, or an MLflow URI such as models:/relightful-stage3@champion")
     p.add_argument("--fg", type=Path, required=True, metavar="FG.png", help="foreground portrait (8/16-bit image)")
-    p.add_argument("--matte", type=Path, required=True, metavar="MATTE.png", help="alpha matte, same size as --fg (grey or RGBA alpha)")
+    p.add_argument("--matte", type=Path, default=None, metavar="MATTE.png",
+                   help="alpha matte, same size as --fg (grey or RGBA alpha); without it the person segmenter mattes "
+                        "the portrait (weights from `relightful fetch-weights`)")
     p.add_argument("--bg", type=Path, required=True, metavar="BG.jpg", help="background photo, any size")
     p.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="output image (8-bit sRGB; PNG keeps it lossless)")
     p.add_argument("--steps", type=_positive, default=None, metavar="N",
@@ -64,7 +109,25 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harmonize)
+
+    m = subparsers.add_parser("matte", help="compute a portrait's alpha matte (person segmenter; offline weights)",
+                              description="Matte the person in a portrait: MediaPipe's selfie segmenter with edges "
+                                          "refined to a soft alpha, or GrabCut (needs no weights).")
+    m.add_argument("--image", type=Path, required=True, metavar="PORTRAIT.jpg")
+    m.add_argument("--out", type=Path, required=True, metavar="MATTE.png", help="8/16-bit grey PNG (or TIFF)")
+    m.add_argument("--method", choices=("segmenter", "grabcut"), default="segmenter")
+    m.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse an image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    m.set_defaults(func=cmd_matte)
+
+    w = subparsers.add_parser("fetch-weights", help="setup: fetch the person segmenter's weights (npm registry)",
+                              description="Download MediaPipe's selfie segmenter (Apache-2.0) from the npm registry "
+                                          "package @mediapipe/selfie_segmentation, check its SHA-256 and store it in "
+                                          "--dir. Run once at install time; nothing is downloaded at run time.")
+    w.add_argument("--dir", type=Path, default=None,
+                   help="destination (default $RELIGHTFUL_WEIGHTS, else ~/.cache/relightful)")
+    w.set_defaults(func=cmd_fetch_weights)
     return p
 
 
-__all__ = ["add_harmonize_parser", "cmd_harmonize"]
+__all__ = ["add_harmonize_parser", "auto_matte", "cmd_fetch_weights", "cmd_harmonize", "cmd_matte"]

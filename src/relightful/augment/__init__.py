@@ -2,7 +2,8 @@
 
     config.py       AugmentConfig (params section "augment"), NaturalStarterConfig ("natural_starter")
     portraits.py    the portrait/background folder format and its validating loader
-    matting.py      mattes for portraits without one (GrabCut offline; MediaPipe when installed)
+    matting.py      mattes for portraits without one (the person segmenter; GrabCut as the fallback)
+    segmenter.py    MediaPipe's selfie segmenter (LiteRT), its weights from the npm registry, guided-filter edges
     plan.py         which background each pair uses, its split (by portrait) and shard
     synthesize.py   `augment_pairs`: batched relighting into pair shards, resumable
     starter.py      `build_natural_starter`: the real photos that can be had offline

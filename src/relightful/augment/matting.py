@@ -1,13 +1,12 @@
 """Alpha mattes for portraits that come without one.
 
 Two methods, both offline:
+- ``segmenter`` (the default): MediaPipe's selfie segmenter run by ai-edge-litert, its weights fetched from the npm
+  registry at setup (`relightful fetch-weights`), refined to a soft alpha by a guided filter
+  (`relightful.augment.segmenter`).
 - ``grabcut``: OpenCV's GrabCut, initialised with a head-and-shoulders prior placed on the largest frontal face
-  that OpenCV's bundled Haar cascade finds (a centred prior when none is found). No weights to download; good on
-  studio-like portraits, rough on cluttered ones: check its output before training on it at scale.
-- ``mediapipe``: MediaPipe's selfie segmentation, whose ``.tflite`` model ships inside the ``mediapipe==0.10.21``
-  wheel (later releases no longer carry it). That release requires numpy<2, protobuf<5 and opencv-contrib-python,
-  which conflict with this project's numpy 2 and opencv-python-headless, so it is not installed by default and is
-  imported lazily: without it the method raises `MattingUnavailable`.
+  that OpenCV's bundled Haar cascade finds (a centred prior when none is found). The fallback that needs no
+  weights: rough on cluttered photos (it keeps background and leaves holes); check its output.
 """
 
 from __future__ import annotations
@@ -16,11 +15,8 @@ import relightful  # noqa: F401  (sets OPENCV_IO_ENABLE_OPENEXR before cv2 is im
 import cv2
 import numpy as np
 
-MEDIAPIPE_REQUIREMENT = "mediapipe==0.10.21"
-
-
 class MattingUnavailable(RuntimeError):
-    """The requested matting method cannot run here (its optional dependency is missing)."""
+    """The requested matting method cannot run here (its weights are missing)."""
 
 
 def _largest_face(gray: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -91,25 +87,18 @@ def grabcut_matte(image: np.ndarray, iterations: int = 5, work_size: int = 512, 
     return np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
-def mediapipe_matte(image: np.ndarray) -> np.ndarray:
-    """(H, W) float32 matte from MediaPipe selfie segmentation (the general model, 256×256) of a uint8 RGB image."""
+def segmenter_matte(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 matte of the person in a uint8 RGB photo by the selfie segmenter; `NoPersonFound` (a
+    ValueError) when it sees none, `MattingUnavailable` when its weights were never fetched."""
+    from relightful.augment.segmenter import WeightsMissing, segmenter_matte as segment
+
     try:
-        from mediapipe.python.solutions.selfie_segmentation import SelfieSegmentation
-    except ImportError:
-        raise MattingUnavailable(
-            f"matting method 'mediapipe' needs the matting extra ({MEDIAPIPE_REQUIREMENT}, whose wheel carries the "
-            "selfie-segmentation model): install the matting extra where it resolves (it requires numpy<2, "
-            "protobuf<5 and opencv-contrib-python, which conflict with this project's numpy 2 and "
-            "opencv-python-headless, so use a separate environment and save its masks as matte.png), or use the "
-            "grabcut method") from None
-    with SelfieSegmentation(model_selection=0) as segmenter:
-        result = segmenter.process(np.ascontiguousarray(image[..., :3]))
-    if result.segmentation_mask is None:
-        raise RuntimeError("mediapipe returned no segmentation mask")
-    return np.clip(np.asarray(result.segmentation_mask, dtype=np.float32), 0.0, 1.0)
+        return segment(image)
+    except WeightsMissing as err:
+        raise MattingUnavailable(str(err)) from None
 
 
-METHODS = {"grabcut": grabcut_matte, "mediapipe": mediapipe_matte}
+METHODS = {"segmenter": segmenter_matte, "grabcut": grabcut_matte}
 
 
 def compute_matte(image: np.ndarray, method: str) -> np.ndarray:
@@ -119,4 +108,4 @@ def compute_matte(image: np.ndarray, method: str) -> np.ndarray:
     return METHODS[method](image)
 
 
-__all__ = ["METHODS", "MattingUnavailable", "compute_matte", "grabcut_matte", "mediapipe_matte", "person_prior"]
+__all__ = ["METHODS", "MattingUnavailable", "compute_matte", "grabcut_matte", "person_prior", "segmenter_matte"]

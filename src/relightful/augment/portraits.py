@@ -102,8 +102,8 @@ def check_portrait(folder: Path, auto_matte: str = "none", matte_dir: Path | Non
     matte_path, source = folder / MATTE_NAME, "file"
     if not matte_path.is_file():
         if auto_matte == "none":
-            raise InputError(matte_path, "matte not found (add matte.png, or set augment.auto_matte to grabcut or "
-                                         "mediapipe to compute missing mattes)")
+            raise InputError(matte_path, "matte not found (add matte.png, or set augment.auto_matte to segmenter "
+                                         "or grabcut to compute missing mattes)")
         from relightful.augment.matting import MattingUnavailable, compute_matte
 
         if matte_dir is None:
@@ -115,6 +115,8 @@ def check_portrait(folder: Path, auto_matte: str = "none", matte_dir: Path | Non
                 computed = compute_matte(to_uint8(image), auto_matte)
             except MattingUnavailable as err:
                 raise InputError(folder / MATTE_NAME, f"matte not found and cannot be computed: {err}") from None
+            except ValueError as err:  # the segmenter saw no person
+                raise InputError(image_path, str(err)) from None
             write_matte(matte_path, computed)
             log.info("computed the matte of %s with %s -> %s", folder.name, auto_matte, matte_path)
     matte = read_matte(matte_path)
