@@ -7,11 +7,11 @@ from components.images import CUDA_IMAGE, project_component
 
 @project_component(CUDA_IMAGE)
 def evaluate(model: Input[Model], stage1: Input[Model], stage2: Input[Model], pairs: Input[Dataset],
-             natural_pairs: Input[Dataset], lightstage: Input[Dataset], params: dict, profile: str, track: bool,
+             natural_pairs: Input[Dataset], natural: Input[Dataset], lightstage: Input[Dataset], params: dict, profile: str, track: bool,
              require_quality_bar: bool, report: Output[HTML], metrics: Output[Metrics], evaluation: Output[Artifact]):
     """Score the model, stages 1 and 2 (with and without the alignment) and the baselines on the test pairs; the
     report as HTML, the means as run metrics, the whole evaluation folder (metrics.json, per_pair.csv, plots,
-    grid) as an artifact."""
+    grid, with every real portrait of `natural` on every real background) as an artifact."""
     import json
     import os
     import shutil
@@ -20,7 +20,9 @@ def evaluate(model: Input[Model], stage1: Input[Model], stage2: Input[Model], pa
 
     argv = ["evaluate", "--model", model.path, "--pairs", pairs.path, "--natural-pairs", natural_pairs.path,
             "--subjects", os.path.join(lightstage.path, "subjects"), "--out", evaluation.path,
-            "--compare", f"stage1={stage1.path}", "--compare", f"stage2={stage2.path}"]
+            "--compare", f"stage1={stage1.path}", "--compare", f"stage2={stage2.path}",
+            "--portraits", os.path.join(natural.path, "portraits"),
+            "--backgrounds", os.path.join(natural.path, "backgrounds")]
     run_job(argv + (["--require-quality-bar"] if require_quality_bar else []), params, profile, track)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
     summary = json.load(open(os.path.join(evaluation.path, "metrics.json")))

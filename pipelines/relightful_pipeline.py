@@ -112,7 +112,7 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
         scored = _cluster_env(evaluate(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
                                        stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"],
                                        natural_pairs=natural_pairs.outputs["natural_pairs"],
-                                       lightstage=stage.outputs["lightstage"],
+                                       natural=natural.outputs["natural"], lightstage=stage.outputs["lightstage"],
                                        require_quality_bar=require_quality_bar, **common))
         for task in (natural_pairs, scored):
             if gpus:

@@ -284,6 +284,20 @@ def test_evaluate_scores_natural_pairs_against_the_real_photos(tmp_path: Path, m
     assert set(per_pair.scenario) == {"lightstage", "natural"}
     assert (tmp_path / "eval" / "plots" / "natural_fg_psnr.csv").is_file()
 
+    # the third scenario: every real portrait on every real background, at the portrait's resolution
+    (portraits / "p1" / "matte.png").unlink()  # a portrait without a matte is named, the others still shown
+    metrics = evaluate_model(model_dir, rendered_pairs, tmp_path / "eval-real", EvalConfig(max_pairs=1, n_visual=0),
+                             portraits_dir=portraits, backgrounds_dir=backgrounds)
+    real = metrics["real"]
+    assert real["n_images"] == 2 and real["backgrounds"] == ["b0", "b1"] and real["portraits"] == {"p0": [32, 32]}
+    assert "p1" in real["skipped"] and "matte.png" in real["skipped"]["p1"]
+    import cv2
+
+    shown = cv2.imread(str(tmp_path / "eval-real" / "real.jpg"))
+    assert shown.shape[0] > 128 and shown.shape[1] >= 6 * 2 * 128
+    page = (tmp_path / "eval-real" / "report.html").read_text()
+    assert "real portraits on real backgrounds (2 images, no ground truth)" in page and "image/jpeg" in page
+
 
 def test_evaluate_logs_to_the_run_that_registered_the_model(rendered_pairs: Path, model_dir: Path, tmp_path: Path,
                                                             monkeypatch):

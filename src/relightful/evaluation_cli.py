@@ -19,8 +19,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     natural = args.natural_pairs if args.natural_pairs and (args.natural_pairs / "manifest.parquet").is_file() else None
     if args.natural_pairs and natural is None:
         raise cli.JobFailed(f"{args.natural_pairs / 'manifest.parquet'}: natural pair manifest not found")
+    if (args.portraits is None) != (args.backgrounds is None):
+        raise cli.JobFailed("--portraits and --backgrounds go together (the real-portrait scenario needs both)")
     metrics = evaluate_model(args.model, args.pairs, args.out, cfg, natural, args.subjects, progress=not args.quiet,
-                             compare=compare)
+                             compare=compare, portraits_dir=args.portraits, backgrounds_dir=args.backgrounds)
     for scenario in ("lightstage", "natural"):
         block = metrics.get(scenario)
         if block is None:
@@ -35,6 +37,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"  share of the headroom up to oracle_shading (fg PSNR): {block['headroom_share']:.3f}")
         if block.get("stage_comparison"):
             print(f"  {block['stage_comparison']['statement']}")
+    if "real" in metrics:
+        print(f"evaluate real: {metrics['real']['n_images']} portraits-on-backgrounds shown (no ground truth)")
     print(metrics["quality_bar"]["statement"])
     if not metrics["lpips"]["computed"]:
         print(f"LPIPS not computed: {metrics['lpips']['reason']}")
@@ -87,6 +91,10 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--natural-pairs", type=Path, default=None, help="natural (stage-3) pair shards + manifest")
     p.add_argument("--subjects", type=Path, default=None,
                    help="the light stage's OLAT subjects folder: enables the oracle relight (upper bound)")
+    p.add_argument("--portraits", type=Path, default=None,
+                   help="real portraits (image + matte folders, as natural-starter writes them): with --backgrounds, "
+                        "each is harmonised onto each background and shown in the report (no ground truth)")
+    p.add_argument("--backgrounds", type=Path, default=None, help="real background photos for --portraits")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
                    help="also score MODEL (folder or MLflow URI) as method model_NAME on both scenarios, e.g. "
                         "--compare stage1=models/stage1 --compare stage2=models/stage2 (repeatable; with both of "

@@ -1,13 +1,13 @@
 """The natural starter set: real portraits and background photos that can be had offline (DESIGN 5).
 
-    <out>/portraits/<name>/image.png, matte.png    real portraits from scikit-image's bundled data, mattes derived
-                                                   here (GrabCut with a face prior; MediaPipe when chosen and installed)
+    <out>/portraits/<name>/image.png, matte.png    real portraits from scikit-image's and matplotlib's bundled data,
+                                                   mattes derived here (the person segmenter, or GrabCut)
     <out>/backgrounds/<name>.png                   real photos from scikit-image's bundled data
     <out>/backgrounds/hdri-<map>-<k>.png           tone-mapped perspective views of the HDR starter maps (optional)
     <out>/SOURCES.json                             origin, licence and sha256 of every file written
 
-scikit-image ships these photos inside its wheel (no download). Only the photos with a known free licence are
-listed below. The folder is the input format of `relightful augment` (augment/portraits.py).
+scikit-image and matplotlib ship these photos inside their wheels (no download). Only the photos with a known free
+licence are listed below. The folder is the input format of `relightful augment` (augment/portraits.py).
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ SKIMAGE_PORTRAITS = {
                                  "(https://flic.kr/p/r9qvLn)",
                   "license": "public domain (NASA; no known copyright restrictions)"},
 }
+# matplotlib's sample data (mpl-data/sample_data): real portraits with a free licence.
+MATPLOTLIB_PORTRAITS = {
+    "grace_hopper": {"original": "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+                     "description": "Rear Admiral Grace M. Hopper, official U.S. Navy portrait (1984)",
+                     "license": "public domain (work of the U.S. federal government)"},
+}
+PORTRAITS = {**SKIMAGE_PORTRAITS, **MATPLOTLIB_PORTRAITS}
 SKIMAGE_BACKGROUNDS = {
     "coffee": {"original": "skimage/data/coffee.png", "description": "coffee cup, courtesy of Pikolo Espresso Bar",
                "license": "CC0-1.0 (photographer Rachel Michetti)"},
@@ -64,6 +71,23 @@ def _skimage_data():
         raise NaturalStarterError("the natural starter set needs scikit-image, whose wheel carries the photos: "
                                   "pip install -c constraints.txt scikit-image") from None
     return skimage.__version__, skimage.data
+
+
+def _portrait(name: str, skimage_version: str, skimage_data) -> tuple[np.ndarray, str]:
+    """(uint8 RGB photo, where it came from) of a starter portrait."""
+    if name in SKIMAGE_PORTRAITS:
+        return getattr(skimage_data, name)(), f"scikit-image {skimage_version} (PyPI wheel), skimage.data.{name}()"
+    try:
+        import matplotlib
+        import matplotlib.cbook
+    except ImportError:
+        raise NaturalStarterError(f"starter portrait {name!r} ships with matplotlib: pip install -c constraints.txt "
+                                  "matplotlib") from None
+    import cv2
+
+    with matplotlib.cbook.get_sample_data(Path(MATPLOTLIB_PORTRAITS[name]["original"]).name) as f:
+        image = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(image[..., ::-1]), f"matplotlib {matplotlib.__version__} (PyPI wheel), sample data"
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -111,16 +135,16 @@ def build_natural_starter(out_dir: str | Path = "data/raw/natural", config: Natu
     config = config or NaturalStarterConfig()
     version, data = _skimage_data()
     out_dir = Path(out_dir)
-    unknown = (sorted(set(config.portraits) - set(SKIMAGE_PORTRAITS))
+    unknown = (sorted(set(config.portraits) - set(PORTRAITS))
                + sorted(set(config.backgrounds) - set(SKIMAGE_BACKGROUNDS)))
     if unknown:
         raise NaturalStarterError(f"unknown starter photo(s) {unknown}: portraits are some of "
-                                  f"{sorted(SKIMAGE_PORTRAITS)}, "
+                                  f"{sorted(PORTRAITS)}, "
                                   f"backgrounds some of {sorted(SKIMAGE_BACKGROUNDS)}")
     origin = f"scikit-image {version} (PyPI wheel), skimage.data"
     entries: list[dict] = []
     for name in config.portraits:
-        image = getattr(data, name)()
+        image, portrait_origin = _portrait(name, version, data)
         try:
             matte = compute_matte(image, config.matting)
         except MattingUnavailable as err:
@@ -129,8 +153,8 @@ def build_natural_starter(out_dir: str | Path = "data/raw/natural", config: Natu
         _write_rgb(folder / "image.png", image)
         write_matte(folder / MATTE_NAME, matte)
         coverage = float((matte > 0.5).mean())
-        entries.append({"file": f"portraits/{name}/image.png", "kind": "portrait", "source": f"{origin}.{name}()",
-                        **SKIMAGE_PORTRAITS[name], "sha256": sha256_file(folder / "image.png")})
+        entries.append({"file": f"portraits/{name}/image.png", "kind": "portrait", "source": portrait_origin,
+                        **PORTRAITS[name], "sha256": sha256_file(folder / "image.png")})
         entries.append({"file": f"portraits/{name}/{MATTE_NAME}", "kind": "matte",
                         "source": f"relightful.augment.matting, method {config.matting!r}",
                         "description": f"alpha matte of the portrait; {coverage:.1%} of its pixels above 0.5",

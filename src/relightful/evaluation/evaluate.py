@@ -168,10 +168,13 @@ def load_lpips(config: EvalConfig):
 def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str | Path,
                    config: EvalConfig = EvalConfig(), natural_pairs: str | Path | None = None,
                    subjects_dir: str | Path | None = None, progress: bool = False,
-                   compare: dict[str, str | Path] | None = None) -> dict:
+                   compare: dict[str, str | Path] | None = None, portraits_dir: str | Path | None = None,
+                   backgrounds_dir: str | Path | None = None) -> dict:
     """Score `model` (folder or MLflow URI), the models of `compare` (NAME -> folder or URI, scored as
-    "model_NAME"), the baselines and the bounds on both scenarios; write the report (report.py) to `out_dir`;
-    return metrics.json's content. A scenario whose split is empty is reported with 0 pairs."""
+    "model_NAME"), the baselines and the bounds on both scenarios; with `portraits_dir` and `backgrounds_dir`, also
+    show every real portrait harmonised onto every real background (the third scenario, real_portraits.py); write
+    the report (report.py) to `out_dir`; return metrics.json's content. A scenario whose split is empty is
+    reported with 0 pairs."""
     from relightful.evaluation.gain_regression import fit_gain_regression
     from relightful.evaluation.oracle import OracleRelighter
     from relightful.lighting import LedRig
@@ -211,6 +214,13 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
         if not result.per_pair.empty:
             frames.append(result.per_pair.assign(scenario=name))
         grids[name] = grid_image(result.visual, f"{name} test pairs")
+    if portraits_dir is not None and backgrounds_dir is not None:
+        from relightful.evaluation.real_portraits import harmonise_all, real_grid
+
+        real = harmonise_all(harmonizer, portraits_dir, backgrounds_dir, config.seed)
+        metrics["real"] = {"n_images": len(real.cells), "portraits": {k: list(v) for k, v in real.shape.items()},
+                           "backgrounds": sorted({c["background"] for c in real.cells}), "skipped": real.skipped}
+        grids["real"] = real_grid(real)
     metrics["quality_bar"] = quality_bar(metrics["lightstage"])
     metrics["lpips"] = {"computed": lpips is not None, "reason": lpips_reason}
     metrics["oracle"] = {"computed": oracle is not None, "reason": oracle_reason}

@@ -8,6 +8,7 @@
     per_pair.csv       one row per (scenario, pair, method) with every metric
     plots/<scenario>_fg_psnr.csv   per pair, the foreground PSNR of each method (DVC plots)
     grid.png           every method in report order (methods.py), then the target, on a fixed set of test pairs
+    real.jpg           when given, every real portrait on every real background: paste | result (JPEG: photos)
     report.html        the page a person looks at: the quality bar, margins, headroom, the metric tables, the grids
 """
 
@@ -126,6 +127,14 @@ def write_report(out_dir: str | Path, metrics: dict, per_pair: pd.DataFrame, gri
         wide.index.name = "pair"
         with atomic_path(out_dir / "plots" / f"{scenario}_fg_psnr.csv") as tmp:
             wide.reset_index().to_csv(tmp, index=False, float_format="%.6g")
+    real_grid = grids.pop("real", None)
+    real_jpg = None
+    if real_grid is not None:
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(real_grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        real_jpg = data.tobytes()
+        atomic_write_bytes(out_dir / "real.jpg", real_jpg)
     pngs = {k: _png(v) for k, v in grids.items() if v is not None}
     if pngs:
         stacked = [grids[k] for k in grids if grids[k] is not None]
@@ -141,6 +150,14 @@ def write_report(out_dir: str | Path, metrics: dict, per_pair: pd.DataFrame, gri
         stages = f"<p><b>{html.escape(comparison['statement'])}</b></p>" if comparison else ""
         sections.append(f"<h2>{scenario} test pairs ({block.get('n_pairs', 0)})</h2>{_margins_table(block)}{stages}"
                         f"{_table(block.get('methods', {}))}{image}")
+    real = metrics.get("real")
+    if real is not None:
+        image = (f'<img alt="real portraits" src="data:image/jpeg;base64,{base64.b64encode(real_jpg).decode()}">'
+                 if real_jpg is not None else "<p>no portraits or backgrounds to show</p>")
+        sections.append(f"<h2>real portraits on real backgrounds ({real['n_images']} images, no ground truth)</h2>"
+                        f"<p>each portrait ({', '.join(html.escape(p) for p in real['portraits'])}) harmonised at its "
+                        f"full resolution onto each of {len(real['backgrounds'])} backgrounds: paste | result</p>"
+                        f"{image}")
     compared = "".join(f", compared: <code>model_{html.escape(k)}</code> = <code>{html.escape(v)}</code>"
                        for k, v in metrics.get("compare", {}).items())
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>relightful evaluation</title><style>"
