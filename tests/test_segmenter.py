@@ -130,3 +130,25 @@ def test_matte_command_and_harmonize_without_a_matte(tmp_path, capsys):
     # where the segmenter saw no person the output is the background, so it differs from the portrait there
     outside = matte < 0.01
     assert np.abs(result[outside] - read_ldr(portrait)[outside]).mean() > 0.05
+
+
+@pytest.mark.parametrize("name", sorted(PORTRAITS))
+def test_the_two_segmenters_agree_on_the_starter_portraits(name):
+    """MediaPipe's selfie segmenter and ISNet (a salient-object model, 1024²) are independent models: on the
+    starter portraits their mattes agree (measured: astronaut 0.97, Grace Hopper 0.99)."""
+    from relightful.augment.isnet import isnet_matte
+
+    photo = PORTRAITS[name]()
+    fine = isnet_matte(photo)
+    assert fine.shape == photo.shape[:2] and 0.0 <= fine.min() and fine.max() <= 1.0
+    assert iou(segmenter_matte(photo) > 0.5, fine > 0.5) >= 0.9
+
+
+def test_matte_command_with_isnet_and_its_missing_weights(tmp_path, monkeypatch, capsys):
+    image = tmp_path / "hopper.png"
+    write_ldr(image, grace_hopper().astype(np.float32) / 255.0)
+    assert main(["matte", "--image", str(image), "--out", str(tmp_path / "m.png"), "--method", "isnet"]) == 0
+    assert 0.3 < (read_matte(tmp_path / "m.png") > 0.5).mean() < 0.9
+    monkeypatch.setenv("RELIGHTFUL_WEIGHTS", str(tmp_path / "empty"))
+    assert main(["matte", "--image", str(image), "--out", str(tmp_path / "m2.png"), "--method", "isnet"]) == 1
+    assert "relightful fetch-weights --isnet" in capsys.readouterr().err

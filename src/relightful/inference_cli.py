@@ -56,24 +56,34 @@ def cmd_matte(args: argparse.Namespace) -> None:
         raise InputError(args.out, "a matte is written as a lossless grey image: .png or .tif")
     check_pixels(args.image, args.max_pixels)
     image = to_uint8(read_ldr(args.image))
-    if args.method == "grabcut":
-        from relightful.augment.matting import grabcut_matte
-
-        matte = grabcut_matte(image)
-    else:
+    if args.method == "segmenter":
         matte = auto_matte(args.image, image)
+    else:
+        from relightful.augment.matting import MattingUnavailable, compute_matte
+
+        try:
+            matte = compute_matte(image, args.method)
+        except MattingUnavailable as err:
+            raise InputError(args.image, f"cannot matte it: {err}") from None
+        except ValueError as err:  # nothing found
+            raise InputError(args.image, str(err)) from None
     write_matte(args.out, matte)
     print(f"matte: {args.method}, {float((matte > 0.5).mean()):.1%} of {args.image.name} -> {args.out}")
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> None:
+    from relightful.augment.isnet import ISNET_URL, fetch_isnet
     from relightful.augment.segmenter import SELFIE_SEGMENTER, fetch_weights
 
-    try:
-        path = fetch_weights(SELFIE_SEGMENTER, args.dir)
-    except (OSError, RuntimeError) as err:  # network, archive or hash: say which and fail
-        raise ValueError(f"cannot fetch {SELFIE_SEGMENTER.url}: {err}") from None
-    print(f"fetch-weights: {SELFIE_SEGMENTER.name} ({SELFIE_SEGMENTER.licence}, sha256 verified) -> {path}")
+    fetches = [(SELFIE_SEGMENTER.url, lambda: fetch_weights(SELFIE_SEGMENTER, args.dir), SELFIE_SEGMENTER.licence)]
+    if args.isnet:
+        fetches.append((ISNET_URL, lambda: fetch_isnet(args.dir), "MIT weights from an AGPL-3.0 package"))
+    for url, fetch, licence in fetches:
+        try:
+            path = fetch()
+        except (OSError, RuntimeError, KeyError) as err:  # network, archive or hash: say which and fail
+            raise ValueError(f"cannot fetch {url}: {err}") from None
+        print(f"fetch-weights: {path.name} ({licence}, sha256 verified) -> {path}")
 
 
 def _positive(text: str) -> int:
@@ -115,7 +125,9 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
                                           "refined to a soft alpha, or GrabCut (needs no weights).")
     m.add_argument("--image", type=Path, required=True, metavar="PORTRAIT.jpg")
     m.add_argument("--out", type=Path, required=True, metavar="MATTE.png", help="8/16-bit grey PNG (or TIFF)")
-    m.add_argument("--method", choices=("segmenter", "grabcut"), default="segmenter")
+    m.add_argument("--method", choices=("segmenter", "isnet", "grabcut"), default="segmenter",
+                   help="segmenter (MediaPipe's, the default), isnet (finer edges, keeps what the person holds; "
+                        "`fetch-weights --isnet`) or grabcut (needs no weights)")
     m.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse an image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     m.set_defaults(func=cmd_matte)
@@ -124,6 +136,9 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
                               description="Download MediaPipe's selfie segmenter (Apache-2.0) from the npm registry "
                                           "package @mediapipe/selfie_segmentation, check its SHA-256 and store it in "
                                           "--dir. Run once at install time; nothing is downloaded at run time.")
+    w.add_argument("--isnet", action="store_true",
+                   help="also ISNet, the fine matting option (136 MB package @imgly/background-removal-data, "
+                        "AGPL-3.0; only its MIT weights are kept)")
     w.add_argument("--dir", type=Path, default=None,
                    help="destination (default $RELIGHTFUL_WEIGHTS, else ~/.cache/relightful)")
     w.set_defaults(func=cmd_fetch_weights)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MATTING_METHODS = ("none", "segmenter", "grabcut")
+MATTING_METHODS = ("none", "segmenter", "isnet", "grabcut")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class AugmentConfig:
     steps: int | None = None            # sampler steps and guidance scales; None: the model folder's "sampling"
     image_guidance: float | None = None  # values (as `relightful harmonize` uses), else 20, 1.5, 3.0
     lighting_guidance: float | None = None
-    auto_matte: str = "none"            # for portraits without matte.png: none (skip them) | segmenter | grabcut
+    auto_matte: str = "none"            # for portraits without matte.png: none (skip them) | segmenter | isnet | grabcut
     matte_coverage_range: tuple[float, float] = (0.01, 0.99)  # fraction of matte > 0.5 a usable portrait has
     device: str = "auto"                # auto (CUDA when available) | cpu | cuda | cuda:N
     precision: str = "fp32"             # fp32 | bf16 | fp16 (the model is cast for sampling)
@@ -49,9 +49,9 @@ class NaturalStarterConfig:
     fov_range: tuple[float, float] = (50.0, 80.0)  # horizontal field of view of the views, degrees
     pitch_range: tuple[float, float] = (-5.0, 10.0)
     exposure_key: float = 0.18          # auto-exposure middle grey of the tone-mapped views
-    matting: str = "segmenter"          # how the portraits' mattes are derived: segmenter | grabcut
+    matting: str = "segmenter"          # how the portraits' mattes are derived: segmenter | isnet | grabcut
     seed: int = 0
 
     def __post_init__(self):
-        if self.matting not in ("segmenter", "grabcut"):
-            raise ValueError(f"natural_starter.matting must be segmenter or grabcut, got {self.matting!r}")
+        if self.matting not in ("segmenter", "isnet", "grabcut"):
+            raise ValueError(f"natural_starter.matting must be segmenter, isnet or grabcut, got {self.matting!r}")

@@ -4,6 +4,8 @@ Two methods, both offline:
 - ``segmenter`` (the default): MediaPipe's selfie segmenter run by ai-edge-litert, its weights fetched from the npm
   registry at setup (`relightful fetch-weights`), refined to a soft alpha by a guided filter
   (`relightful.augment.segmenter`).
+- ``isnet``: ISNet through onnxruntime, much finer edges at 1024² (3-6 s a photo); its weights are fetched by
+  `relightful fetch-weights --isnet` (`relightful.augment.isnet`).
 - ``grabcut``: OpenCV's GrabCut, initialised with a head-and-shoulders prior placed on the largest frontal face
   that OpenCV's bundled Haar cascade finds (a centred prior when none is found). The fallback that needs no
   weights: rough on cluttered photos (it keeps background and leaves holes); check its output.
@@ -98,7 +100,18 @@ def segmenter_matte(image: np.ndarray) -> np.ndarray:
         raise MattingUnavailable(str(err)) from None
 
 
-METHODS = {"segmenter": segmenter_matte, "grabcut": grabcut_matte}
+def isnet_matte(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 matte of the salient subject (the person, and what they hold) by ISNet."""
+    from relightful.augment.isnet import isnet_matte as segment
+    from relightful.augment.segmenter import WeightsMissing
+
+    try:
+        return segment(image)
+    except WeightsMissing as err:
+        raise MattingUnavailable(str(err)) from None
+
+
+METHODS = {"segmenter": segmenter_matte, "isnet": isnet_matte, "grabcut": grabcut_matte}
 
 
 def compute_matte(image: np.ndarray, method: str) -> np.ndarray:
@@ -108,4 +121,5 @@ def compute_matte(image: np.ndarray, method: str) -> np.ndarray:
     return METHODS[method](image)
 
 
-__all__ = ["METHODS", "MattingUnavailable", "compute_matte", "grabcut_matte", "person_prior", "segmenter_matte"]
+__all__ = ["METHODS", "MattingUnavailable", "compute_matte", "grabcut_matte", "isnet_matte", "person_prior",
+           "segmenter_matte"]
