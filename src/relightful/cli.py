@@ -124,7 +124,7 @@ def cmd_validate_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from relightful.config import apply_overrides, from_dict, load_section
+    from relightful.config import apply_overrides, deep_merge, from_dict, load_section
     from relightful.models import ModelConfig
     from relightful.training import TrainConfig, train_stage
     from relightful.training.loop import write_history
@@ -136,7 +136,7 @@ def cmd_train(args) -> None:
     model_over = [o[len("model."):] for o in args.overrides if o.startswith("model.")]
     train_over = [o for o in args.overrides if not o.startswith("model.")]
     model_cfg = from_dict(ModelConfig, apply_overrides(section("model"), model_over), "model")
-    stage_values = _deep_merge(section("train"), section(f"stage{args.stage}") if args.params else {})
+    stage_values = deep_merge(section("train"), section(f"stage{args.stage}") if args.params else {})
     train_cfg = from_dict(TrainConfig, apply_overrides(stage_values, train_over), f"stage{args.stage}")
     if args.stage > 1 and args.init is None:
         raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
@@ -153,13 +153,6 @@ def cmd_train(args) -> None:
               f"{result.samples_per_s:.1f} samples/s -> {out}")
         if tracking:
             track_training(args, result, out, model_cfg, train_cfg)
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # --- parser ------------------------------------------------------------------------------------------------------

