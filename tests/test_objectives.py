@@ -140,3 +140,39 @@ def test_sampling_ensemble_averages_the_draws_of_one_batch():
     torch.testing.assert_close(averaged, members.mean(dim=0), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="ensemble"):
         Harmonizer(model, defaults={**defaults, "ensemble": 0})
+
+
+def test_shading_loss_ignores_the_level_and_sees_the_shape():
+    """The level-free shading term: zero for the true relighting, the same for a no-op edit and for the right
+    overall level with the wrong shape (the level is not its business), and it reaches the total loss."""
+    from relightful.models.codecs import to_model_space
+
+    model = RelightModel(dataclasses.replace(micro_model_config(), residual=True, edit="gain"))
+    objective = StageObjective(model, 1, prediction_type="sample", zero_snr=True, shading_weight=0.5,
+                               shading_sigma=1.0)
+    g = torch.Generator().manual_seed(0)
+    linear = torch.rand(2, 3, 32, 32, generator=g) * 0.4 + 0.1
+    matte = torch.zeros(2, 1, 32, 32)
+    matte[..., 6:26, 6:26] = 1.0
+    shape = torch.exp(torch.linspace(-0.6, 0.6, 32)).view(1, 1, 1, 32)   # light moving from left to right
+    relit = linear * shape * 1.7
+    comp, target = (model.codec.encode(to_model_space(x)) for x in (linear, relit))
+    latent_matte = model.matte_latent(matte)
+    edit = lambda log_gain: model.codec.encode(log_gain.expand(2, 3, 32, 32))
+    true = float(objective.shading_loss(comp, target, latent_matte, edit(torch.log(shape * 1.7))))
+    none = float(objective.shading_loss(comp, target, latent_matte, edit(torch.zeros(1, 1, 1, 1))))
+    level = float(objective.shading_loss(comp, target, latent_matte, edit(torch.full((1, 1, 1, 1), 1.7).log())))
+    assert true < 0.02 * none
+    assert level == pytest.approx(none, rel=1e-3)
+    batch = {"target": target, "composite": comp, "matte": latent_matte, "background": torch.rand(2, 3, 32, 32)}
+    ones = torch.ones(2)
+    with torch.no_grad():
+        loss, logs = objective(batch, torch.randn_like(target), torch.full((2,), 999), ones, ones)
+    assert float(logs["shading_loss"]) > 0
+    assert float(loss) == pytest.approx(float(logs["diffusion_loss"]) + 0.5 * float(logs["shading_loss"]), rel=1e-5)
+
+
+def test_shading_loss_needs_a_gain_edit():
+    model = RelightModel(micro_model_config())
+    with pytest.raises(ValueError, match="shading_weight"):
+        StageObjective(model, 1, prediction_type="sample", shading_weight=1.0)

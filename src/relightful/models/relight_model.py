@@ -106,9 +106,10 @@ class RelightModel(nn.Module):
         return F.interpolate(matte, size=(self.latent_size, self.latent_size), mode="area")
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
-                features: list[torch.Tensor] | None) -> torch.Tensor:
+                features: list[torch.Tensor] | None, return_edit: bool = False):
         """The UNet's prediction (ε, v or x̂₀, as trained; an edit of the composite when `config.residual`).
-        `features=None` is the null lighting (no residuals); a zero composite the null image."""
+        `features=None` is the null lighting (no residuals); a zero composite the null image. With `return_edit`
+        (residual models), also the UNet's raw edit: (prediction, edit)."""
         x = torch.cat([noisy, composite, matte], dim=1)
         context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
         extra = {}
@@ -118,7 +119,8 @@ class RelightModel(nn.Module):
         out = self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
         if not self.config.residual:
             return out
-        return out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
+        prediction = out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
+        return (prediction, out) if return_edit else prediction
 
     def apply_gain(self, composite: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
         """composite · exp(log_gain) in linear light, both given as pixel latents; the log gain is clamped to

@@ -102,7 +102,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     set_trainable(model, stage)
     prepare_model(model, config.runtime)
     objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
-                               config.zero_snr, config.bg_condition_fraction)
+                               config.zero_snr, config.bg_condition_fraction, config.shading_weight,
+                               config.sampling.detail_sigma or 1.0)
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device)  # the cache is encoded where the model will train

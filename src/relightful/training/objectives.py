@@ -10,6 +10,12 @@
    the lighting was lost); with `bg_condition_fraction` > 0 that share of each batch is conditioned on F_bg
    instead, so the UNet keeps serving the background path it is deployed with.
 3. The stage-1 loss on natural pairs; only the UNet trains, F_bg is frozen.
+
+With `shading_weight` > 0 (models whose edit is a gain), a level-free shading term joins the loss: the model's
+relighting gain and the true one (target over composite, linear, smoothed as the harmonizer smooths it), each minus
+its matte-weighted mean log, compared inside the matte. The pixel loss is dominated by the overall level, which a
+background shows least (the light on a face comes from behind the camera); this term asks for the shape of the new
+shading, where the light direction and the shadows are, whatever the level.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from relightful.models import RelightModel
+from relightful.models.relight_model import GAIN_LOG_LIMIT
+from relightful.models.codecs import from_model_space
+from relightful.models.pipeline import gain_field
 
 
 def noise_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon", zero_snr: bool = False):
@@ -78,7 +87,8 @@ class StageObjective(nn.Module):
     """forward(batch, noise, timesteps, keep_image, keep_light) -> (loss, {name: detached value})."""
 
     def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000,
-                 prediction_type: str = "epsilon", zero_snr: bool = False, bg_condition_fraction: float = 0.0):
+                 prediction_type: str = "epsilon", zero_snr: bool = False, bg_condition_fraction: float = 0.0,
+                 shading_weight: float = 0.0, shading_sigma: float = 3.0):
         super().__init__()
         if stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
@@ -86,6 +96,9 @@ class StageObjective(nn.Module):
             raise ValueError(f"bg_condition_fraction must be in [0, 1), got {bg_condition_fraction}")
         self.model, self.stage, self.align_weight = model, stage, align_weight
         self.bg_condition_fraction = bg_condition_fraction
+        if shading_weight and not (model.config.residual and model.config.edit == "gain"):
+            raise ValueError("shading_weight needs a model whose edit is a gain (model.residual, model.edit: gain)")
+        self.shading_weight, self.shading_sigma = shading_weight, shading_sigma
         self.align_scale = 1.0  # the training loop ramps it over align_warmup_steps
         self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
         self.prediction_type = prediction_type
@@ -107,7 +120,12 @@ class StageObjective(nn.Module):
         else:
             conditioning = from_bg
         features = [f * keep_light.view(-1, *[1] * (f.ndim - 1)).to(dtype) for f in conditioning]
-        prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
+        edit = None
+        if self.shading_weight:
+            prediction, edit = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features,
+                                                  return_edit=True)
+        else:
+            prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
         if self.prediction_type == "v_prediction":
             wanted = a.sqrt() * noise.float() - (1 - a).sqrt() * target.float()
         elif self.prediction_type == "sample":
@@ -116,9 +134,29 @@ class StageObjective(nn.Module):
             wanted = noise.float()
         loss = F.mse_loss(prediction.float(), wanted)
         logs["diffusion_loss"] = loss.detach()
+        if edit is not None:
+            shading = self.shading_loss(batch["composite"].to(dtype), target, batch["matte"].to(dtype), edit)
+            logs["shading_loss"] = shading.detach()
+            loss = loss + self.shading_weight * shading
         if self.stage == 2:
             align = torch.stack([F.mse_loss(b.float(), e.detach().float()) for b, e in zip(from_bg, lighting)]).mean()
             logs["align_loss"] = align.detach()
             loss = loss + self.align_weight * self.align_scale * align
         logs["loss"] = loss.detach()
         return loss, logs
+
+
+    def shading_loss(self, composite: torch.Tensor, target: torch.Tensor, matte: torch.Tensor,
+                     edit: torch.Tensor) -> torch.Tensor:
+        """Level-free shading error (module docstring): latents of the composite and target, the latent matte and
+        the UNet's log-gain edit -> a scalar, the matte-weighted mean squared difference of the mean-free log gains."""
+        codec = self.model.codec
+        comp = from_model_space(codec.decode(composite.float()))
+        wanted = from_model_space(codec.decode(target.float()))
+        m = F.interpolate(matte.float(), size=comp.shape[-2:], mode="nearest")
+        log_gain = codec.decode(edit.float()).clamp(-GAIN_LOG_LIMIT, GAIN_LOG_LIMIT)
+        predicted = gain_field(comp * torch.exp(log_gain), comp, m, self.shading_sigma).log()
+        true = gain_field(wanted, comp, m, self.shading_sigma).log()
+        mass = m.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        centred = lambda g: g - (m * g).sum(dim=(2, 3), keepdim=True) / mass
+        return ((centred(predicted) - centred(true)) ** 2 * m).sum() / (mass.sum() * comp.shape[1])
