@@ -100,8 +100,7 @@ def main() -> None:
             model = RelightModel(config).to(device)
             set_trainable(model, 1)
             prepare_model(model, runtime)
-            objective = StageObjective(model, 1, train.align_weight, train.num_train_timesteps,
-                                       train.prediction_type, train.zero_snr)
+            objective = StageObjective.from_config(model, 1, train)
             return model, build_engine(objective, param_groups(model, 1), train, 1)[0]
 
         model, ours = engine_for(runtime)

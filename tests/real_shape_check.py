@@ -33,8 +33,7 @@ train = dataclasses.replace(train, steps=2, optim=OptimConfig(lr=1e-4, warmup_st
                             runtime=RuntimeConfig(gradient_checkpointing=True))
 set_trainable(model, 1)
 prepare_model(model, train.runtime)
-objective = StageObjective(model, 1, train.align_weight, train.num_train_timesteps, train.prediction_type,
-                           train.zero_snr)
+objective = StageObjective.from_config(model, 1, train)
 engine, _, _ = build_engine(objective, param_groups(model, 1), train, world)
 
 

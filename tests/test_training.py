@@ -126,6 +126,51 @@ def test_runtime_settings_resume_bit_identical_and_compute_the_same_step(rendere
     assert [r["loss"] for r in plain.history] == pytest.approx([r["loss"] for r in whole.history], rel=1e-3)
 
 
+def test_weight_average_follows_the_warmed_up_decay():
+    from relightful.training.ema import WeightEma
+
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = WeightEma(layer, decay=0.9)
+    expected = torch.zeros(1, 2)
+    for n, value in enumerate((1.0, 2.0, 3.0, 4.0)):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+        ema.update()
+    torch.testing.assert_close(ema.weights()["weight"], expected)
+    restored = WeightEma(layer, decay=0.9)
+    restored.load(ema.state())
+    assert restored.updates == 4 and torch.equal(restored.weights()["weight"], ema.weights()["weight"])
+    with pytest.raises(ValueError, match="without ema_decay"):
+        restored.load({})
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEma(layer, decay=1.0)
+
+
+def test_ema_run_resumes_exactly_and_saves_the_average(rendered_pairs, tmp_path):
+    """With `ema_decay` the model folder holds the average, not the last weights, and a killed run resumes to the
+    same average (it is part of every checkpoint)."""
+    config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, ema_decay=0.5,
+                         optim=OptimConfig(lr=2e-3, warmup_steps=1), deepspeed=DeepSpeedConfig(micro_batch=4))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "whole", tmp_path / "run-whole", config, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, stop_after=2, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "resumed", tmp_path / "run-resumed", config, **kw)
+    a = RelightModel.from_pretrained(tmp_path / "whole").state_dict()
+    b = RelightModel.from_pretrained(tmp_path / "resumed").state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    plain = train_stage(1, rendered_pairs, tmp_path / "plain", tmp_path / "run-plain",
+                        dataclasses.replace(config, ema_decay=0.0), **kw)
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in whole.history]  # training itself unchanged
+    p = RelightModel.from_pretrained(tmp_path / "plain").state_dict()
+    moved = [n for n in a if n.startswith("unet.") and not torch.equal(a[n], p[n])]
+    assert moved  # the saved weights are the average, not the last step's
+
+
 def test_changed_settings_do_not_resume_stale_checkpoints(rendered_pairs, tmp_path):
     config = TrainConfig(steps=2, log_every=1, checkpoint_every=1, deepspeed=DeepSpeedConfig(micro_batch=2))
     kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)

@@ -96,6 +96,7 @@ class TrainConfig:
     align_warmup_steps: int = 0     # stage 2: then the alignment weight ramps linearly from 0 over these steps
     bg_condition_fraction: float = 0.0  # stage 2: share of each batch conditioned on F_bg instead of F_env
     shading_weight: float = 0.0     # weight of the level-free shading loss (gain-edit models; objectives.py)
+    ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000
     timestep_bias: TimestepBias = field(default_factory=TimestepBias)
     prediction_type: str = "epsilon"  # "epsilon" (InstructPix2Pix, SD), "v_prediction" or "sample" (x̂₀)

@@ -25,6 +25,7 @@ from relightful.models import ModelConfig, RelightModel
 from relightful.training import checkpoint as ckpt
 from relightful.training.config import TrainConfig
 from relightful.training.data import ENVMAPS, PairStream, build_cache, read_manifest
+from relightful.training.ema import WeightEma
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
 from relightful.training.objectives import StageObjective, param_groups, set_trainable
@@ -101,9 +102,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         raise ValueError("a residual model (model.residual) predicts x̂₀: train it with prediction_type 'sample'")
     set_trainable(model, stage)
     prepare_model(model, config.runtime)
-    objective = StageObjective(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
-                               config.zero_snr, config.bg_condition_fraction, config.shading_weight,
-                               config.sampling.detail_sigma or 1.0)
+    objective = StageObjective.from_config(model, stage, config)
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device)  # the cache is encoded where the model will train
@@ -119,6 +118,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
 
     groups = param_groups(model, stage, config.env_warmup_steps, config.pretrained_lr_scale)
     engine, optimizer, scheduler = build_engine(objective, groups, config, world)
+    ema = WeightEma(objective, config.ema_decay) if config.ema_decay else None
     start = 0
     history: list[dict] = []
     if rank == 0:
@@ -135,6 +135,11 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             for name, p in objective.named_parameters():
                 if name in weights:
                     p.copy_(weights[name].to(p.dtype))
+        if ema is not None:
+            try:
+                ema.load(weights)
+            except ValueError as err:
+                raise ValueError(f"{latest}: {err}") from None
         load_optimizer_state(optimizer, opt_state, ds.zero_stage)
         scheduler.load_state_dict(extra["scheduler"])
         history = extra.get("history", [])
@@ -170,6 +175,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / ds.grad_accum
             samples += noise.shape[0] * world
+        if ema is not None:
+            ema.update()
         done = step + 1
         logged_steps += 1
         if done % config.log_every == 0 or done == config.steps:
@@ -186,6 +193,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             write_validation_grid(Path(samples_dir) / f"step-{done:08d}.png")
         if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
             trained = {n: p for n, p in objective.named_parameters() if p.requires_grad}
+            if ema is not None:
+                trained.update(ema.state())
             ckpt.save_checkpoint(run_dir, done, trained, optimizer.state_dict(),
                                  {"scheduler": scheduler.state_dict(), "history": history}, rank, world, barrier)
             if rank == 0:
@@ -198,7 +207,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     elapsed = time.perf_counter() - t0
     result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0, model)
     if rank == 0:
-        fp32 = full_fp32_parameters(objective)
+        fp32 = full_fp32_parameters(objective) if ema is None else ema.weights()
         model.float()
         with torch.no_grad():
             for name, p in objective.named_parameters():

@@ -25,9 +25,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from relightful.models import RelightModel
-from relightful.models.relight_model import GAIN_LOG_LIMIT
 from relightful.models.codecs import from_model_space
 from relightful.models.pipeline import gain_field
+from relightful.models.relight_model import GAIN_LOG_LIMIT
 
 
 def noise_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon", zero_snr: bool = False):
@@ -103,6 +103,13 @@ class StageObjective(nn.Module):
         self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
         self.prediction_type = prediction_type
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+
+    @classmethod
+    def from_config(cls, model: RelightModel, stage: int, config) -> "StageObjective":
+        """The objective of `stage` as a `TrainConfig` sets it (the shading term smoothed at its sampling σ)."""
+        return cls(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
+                   config.zero_snr, config.bg_condition_fraction, config.shading_weight,
+                   config.sampling.detail_sigma or 1.0)
 
     def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
                 keep_image: torch.Tensor, keep_light: torch.Tensor):
