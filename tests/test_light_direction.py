@@ -6,11 +6,12 @@ the two lights. Tolerances, from what was measured when the metric was (re)desig
 
 - a Lambertian sphere (the silhouette proxy is then exact): within 3° (measured ≤ 1°), also after 8-bit sRGB
   delivery as in the evaluation;
-- a synthetic light-stage bust (relightful.lightstage.synthetic, 64×64, specular highlights, cast shadows, dark
-  hair), delivered in 8 bits: the first subject (seed 0) within 8° for every rotation (measured ≤ 5.5°); over
-  the first 8 subjects (slow test) mean |error − angle| ≤ 9° (measured 7.4°), median ≤ 7° (measured 5.4°),
-  worst ≤ 30° (measured 26.5°), and the error grows with the yaw for every subject. The silhouette is all the
-  metric knows of the geometry, so busts are not exact.
+- a synthetic light-stage bust (relightful.lightstage.raytrace, 64×64, a face with nose, eye sockets and lips,
+  specular highlights, cast shadows, dark hair), delivered in 8 bits: the first subject (seed 0) within 11° for
+  every rotation (measured ≤ 10.3°, recoloured input included); over the first 8 subjects (slow test) mean
+  |error − angle| ≤ 9° (measured 8.2°), median ≤ 7° (measured 5.9°), worst ≤ 35° (measured 30.8°), and the
+  error grows with the yaw for every subject. The silhouette is all the metric knows of the geometry, so busts are
+  not exact; the faceless busts of before (ellipsoid heads) measured ≤ 5.5° for seed 0 and 7.4° / 5.4° / 26.5°.
 
 It must also tell a relit subject from a recoloured one: a colour/intensity-scaled copy of the input (no change of
 shading) scores ≈ the true angle (within the same tolerances), the true relit image (scaled too) ≈ 0.
@@ -49,7 +50,7 @@ RIG = LedRig(name="test-lights", ids=tuple(range(len(LIGHTS))), directions=LIGHT
 
 def _render(spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (L, 3, 64, 64) of `spec` under each of LIGHTS (plus 1% ambient of the albedo) and its matte."""
-    from relightful.lightstage.synthetic import render_subject
+    from relightful.lightstage.raytrace import render_subject
 
     sub = render_subject(spec, RIG, size=(64, 64), supersample=2, specular=True)
     images = torch.from_numpy(sub.olat).permute(0, 3, 1, 2).double()
@@ -73,14 +74,14 @@ def _errors(images: torch.Tensor, matte: torch.Tensor, i: int) -> dict[str, floa
 
 @pytest.fixture(scope="module")
 def sphere():
-    from relightful.lightstage.synthetic import sphere_subject
+    from relightful.lightstage.subjects import sphere_subject
 
     return _render(sphere_subject(radius=0.7))
 
 
 @pytest.fixture(scope="module")
 def bust():
-    from relightful.lightstage.synthetic import random_subject
+    from relightful.lightstage.subjects import random_subject
 
     return _render(random_subject(0))
 
@@ -109,8 +110,8 @@ def test_bust_error_is_the_rotation_angle(bust, i, name):
     images, matte = bust
     true = float(angle_deg(LIGHTS[0], LIGHTS[i]))
     e = _errors(_quantised(images), matte, i)
-    assert e["input"] == pytest.approx(true, abs=8.0), name
-    assert e["recoloured"] == pytest.approx(true, abs=8.0), name
+    assert e["input"] == pytest.approx(true, abs=11.0), name
+    assert e["recoloured"] == pytest.approx(true, abs=11.0), name
     assert e["relit"] == pytest.approx(0.0, abs=0.5), name
 
 
@@ -129,7 +130,7 @@ def test_a_subject_too_small_gives_nan():
 
 @pytest.mark.slow
 def test_busts_error_is_the_rotation_angle_on_average():
-    from relightful.lightstage.synthetic import random_subject
+    from relightful.lightstage.subjects import random_subject
 
     deviations = []
     for seed in range(8):
@@ -139,4 +140,4 @@ def test_busts_error_is_the_rotation_angle_on_average():
         deviations += [abs(e["input"] - float(angle_deg(LIGHTS[0], LIGHTS[i]))) for i, e in errors.items()]
         assert max(e["relit"] for e in errors.values()) < 0.5
     summary = (np.mean(deviations), np.median(deviations), np.max(deviations))
-    assert summary[0] <= 9.0 and summary[1] <= 7.0 and summary[2] <= 30.0, summary
+    assert summary[0] <= 9.0 and summary[1] <= 7.0 and summary[2] <= 35.0, summary

@@ -21,7 +21,7 @@ from relightful.lighting import (
     rotate_envmap,
 )
 from relightful.lightstage import make_default_rig
-from relightful.lightstage.synthetic import random_subject, render_subject, sphere_subject
+from relightful.lightstage import random_subject, render_subject, sphere_subject
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,15 +12,9 @@ import pytest
 
 from relightful.lighting import LedRig
 from relightful.lightstage import load_olat_set, make_default_rig
-from relightful.lightstage.synthetic import (
-    PART_NAMES,
-    SubjectSpec,
-    random_subject,
-    render_subject,
-    sphere_subject,
-    subject_seed,
-    write_synthetic_stage,
-)
+from relightful.lightstage.raytrace import render_subject
+from relightful.lightstage.subjects import PART_NAMES, SubjectSpec, random_subject, sphere_subject
+from relightful.lightstage.synthetic import subject_seed, write_synthetic_stage
 
 SIZE = (48, 48)
 
@@ -162,3 +157,84 @@ def test_stage_exr_layout_loads_back(tmp_path):
     olat, matte = load_olat_set(tmp_path / "subjects" / "synth-000", LedRig.from_json(tmp_path / "rig.json"))
     truth = render_subject(random_subject(subject_seed(0, 0)), rig, size=(24, 24))
     np.testing.assert_allclose(olat, truth.olat, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faces: MediaPipe's canonical face mesh on the procedural heads
+
+
+def test_canonical_face_mesh_is_a_symmetric_face():
+    from relightful.lightstage.face_mesh import BROWS, EYES, LIPS, NOSE_TIP, canonical_face_mesh
+
+    mesh = canonical_face_mesh()
+    assert mesh.vertices.shape == (468, 3) and mesh.triangles.shape == (898, 3) and mesh.uvs.shape == (468, 2)
+    edges = {tuple(sorted(e)) for t in mesh.triangles.tolist() for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
+    assert len(mesh.vertices) - len(edges) + len(mesh.triangles) == 1  # one open surface without holes (a disc)
+    mirrored = mesh.vertices * [-1.0, 1.0, 1.0]
+    nearest = np.linalg.norm(mirrored[:, None] - mesh.vertices[None], axis=-1).min(1)
+    assert nearest.max() < 1e-3  # left-right symmetric
+    v = mesh.vertices
+    assert v[:, 2].argmax() == NOSE_TIP  # the nose tip is the front-most point
+    lips, eyes, brows = v[list(LIPS), 1].mean(), v[list(EYES[0]), 1].mean(), v[list(BROWS[0]), 1].mean()
+    assert lips < v[NOSE_TIP, 1] < eyes < brows
+
+
+def _frontal(seed: int, **face) -> SubjectSpec:
+    """random_subject(seed) looking straight at the camera, without hair (so nothing but the face shades the face)."""
+    spec = random_subject(seed)
+    head = dataclasses.replace(spec.head, rotation_deg=(0.0, 0.0, 0.0))
+    return dataclasses.replace(spec, head=head, hair=None, face=dataclasses.replace(spec.face, **face))
+
+
+def _nose_pixel(spec: SubjectSpec, size: int) -> tuple[int, int]:
+    from relightful.lightstage.face_mesh import NOSE_TIP, fitted_vertices
+
+    xy, _ = fitted_vertices(spec.face, spec.head.radii)
+    x, y = xy[NOSE_TIP] + spec.head.center[:2]
+    pixel = 2.0 / size
+    return int((1.0 - y) / pixel), int((x + 1.0) / pixel)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_light_from_the_left_casts_the_nose_shadow_to_the_right(seed):
+    size = 128
+    d = np.array([-0.9, 0.15, 0.4])
+    rig = LedRig(name="left-right", ids=(0, 1), directions=np.stack([d, d * [-1, 1, 1]]) / np.linalg.norm(d),
+                 sigma_deg=8.0)
+    spec = _frontal(seed)
+    s = render_subject(spec, rig, size=(size, size), specular=False)
+    row, col = _nose_pixel(spec, size)
+    assert s.parts[row, col] == PART_NAMES.index("head")
+    cos = np.einsum("hwc,nc->nhw", s.normals, rig.directions.astype(np.float32))
+    shadow = (cos > 0.05) & (s.olat[..., 1] == 0)  # facing the light, yet unlit: a cast shadow
+    rows = slice(row - 10, row + 4)  # from the eyes to just below the nose tip
+    right = shadow[:, rows, col + 1:col + 10].sum(axis=(1, 2))
+    left = shadow[:, rows, col - 9:col].sum(axis=(1, 2))
+    assert right[0] >= 8 and left[0] == 0, (right, left)  # lit from the left: the shadow falls right of the nose
+    assert left[1] >= 8 and right[1] == 0, (right, left)  # and mirrored
+    # The ellipsoid head of before, without the face, has no such shadow.
+    bald = render_subject(dataclasses.replace(spec, face=None), rig, size=(size, size), specular=False)
+    cos = np.einsum("hwc,nc->nhw", bald.normals, rig.directions.astype(np.float32))
+    assert not ((cos > 0.05) & (bald.olat[..., 1] == 0))[:, rows, col - 9:col + 10].any()
+
+
+def test_faces_vary_and_are_painted():
+    from relightful.lightstage.face_mesh import face_relief, fitted_vertices
+
+    spec = _frontal(3)
+    flat = fitted_vertices(dataclasses.replace(spec.face, depth=0.5), spec.head.radii)[1]
+    deep = fitted_vertices(dataclasses.replace(spec.face, depth=1.5), spec.head.radii)[1]
+    np.testing.assert_allclose(deep, 3 * flat, rtol=1e-9)
+    narrow = fitted_vertices(dataclasses.replace(spec.face, width=0.9), spec.head.radii)[0]
+    wide = fitted_vertices(dataclasses.replace(spec.face, width=1.1), spec.head.radii)[0]
+    assert np.ptp(wide[:, 0]) / np.ptp(narrow[:, 0]) == pytest.approx(1.1 / 0.9)
+    relief = face_relief(spec.face, spec.head.radii, spec.skin.albedo, spec.hair_material.albedo)
+    skin = np.asarray(spec.skin.albedo, np.float32)
+    rgb = relief.albedo.reshape(-1, 3)
+    assert np.isclose(rgb, skin, atol=1e-6).all(1).mean() > 0.8  # mostly skin
+    assert (rgb.max(1) > skin.max() + 0.05).any()  # the whites of the eyes
+    redder = rgb[:, 0] / rgb[:, 1] > skin[0] / skin[1] * 1.1
+    assert redder.any()  # lips
+    border = np.concatenate([relief.displacement[0], relief.displacement[-1], relief.displacement[:, 0],
+                             relief.displacement[:, -1]])
+    assert np.abs(border).max() < 1e-4  # the face meets the head without a seam

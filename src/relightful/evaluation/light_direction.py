@@ -15,14 +15,14 @@ is invariant to the image's colour and intensity, so a recoloured input keeps th
 The error between a prediction and its target is the angle between their two estimates: albedo and geometry
 errors of the approximation are largely shared by both images of a pair. Validated in tests/test_light_direction.py
 on known rotations of the light (20-60° of yaw, ±25-30° of elevation): on a Lambertian sphere the error equals the
-true angle within 1°; on synthetic light-stage busts (dark hair, clothes, highlights, cast shadows) within 7.4° on
-average (median 5.4°, worst 26.5°, first 8 subjects). The first version inflated the whole silhouette with one
-radius, `h = sqrt(2·R·D − D²)` (R the maximum of D) and treated the frame's edges as the silhouette's: the head
-then inherited the torso's radius and the shoulders curled away at the bottom edge; on the same busts it was off
-by 13.4° on average (median 10.5°, worst 44.5°), so it was replaced. Comparing the prediction's shading with the
-target's through their ratio (albedo cancels) was tried too and rejected: the target's own fit still carries its
-albedo, and the ratio spread that error (mean 8.8°, worst 57°).
-"""
+true angle within 1°; on synthetic light-stage busts with faces (dark hair, clothes, highlights, cast shadows)
+within 8.2° on average (median 5.9°, worst 30.8°, first 8 subjects; 7.4° / 5.4° / 26.5° on the faceless busts of
+before). The first version inflated the whole silhouette with one radius, `h = sqrt(2·R·D − D²)` (R the maximum of
+D) and treated the frame's edges as the silhouette's: the head then inherited the torso's radius and the shoulders
+curled away at the bottom edge; on the faceless busts it was off by 13.4° on average (median 10.5°, worst 44.5°),
+so it was replaced. Comparing the prediction's shading with the target's through their ratio (albedo cancels) was
+tried too and rejected: the target's own fit still carries its albedo, and the ratio spread that error (mean 8.8°,
+worst 57°)."""
 
 from __future__ import annotations
 
