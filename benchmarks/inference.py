@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from profile_model import model_config, train_config  # noqa: E402
 
 from relightful.models import RelightModel  # noqa: E402
-from relightful.models.pipeline import Harmonizer  # noqa: E402
+from relightful.models.harmonizer import Harmonizer  # noqa: E402
 
 
 def inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

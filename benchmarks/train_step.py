@@ -41,7 +41,8 @@ from relightful.io import load_tensors, save_tensors  # noqa: E402
 from relightful.models import RelightModel  # noqa: E402
 from relightful.models.codecs import VaeCodec, to_model_space  # noqa: E402
 from relightful.training.config import RuntimeConfig  # noqa: E402
-from relightful.training.data import PairStream, build_cache, read_manifest  # noqa: E402
+from relightful.data.shards import read_pair_manifest  # noqa: E402
+from relightful.training.data import PairStream, build_cache  # noqa: E402
 from relightful.training.engine import build_engine, init_distributed  # noqa: E402
 from relightful.training.flops import count_flops, datasheet_peak, gemm_flops_per_s, mfu  # noqa: E402
 from relightful.training.loop import draw_step, step_generator  # noqa: E402
@@ -106,7 +107,7 @@ def main() -> None:
         model, ours = engine_for(runtime)
         reference_model, reference = engine_for(RuntimeConfig())
         pairs = make_pairs(root, args.pairs, config.image_size)
-        stream = PairStream(read_manifest(pairs), build_cache(pairs, root / "cache", model, progress=False),
+        stream = PairStream(read_pair_manifest(pairs), build_cache(pairs, root / "cache", model, progress=False),
                             "train", mb)
         raw = {k: v.to(device) for k, v in load_tensors(pairs / "shard-00000.safetensors").items()}
         weights = (None if train.timestep_bias.strategy == "none"

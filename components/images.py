@@ -1,4 +1,4 @@
-"""The images the components run in (built from docker/; see the README). Override when compiling for your own
+"""The images the components run in (built from docker/; see docs/cluster.md). Override when compiling for your own
 registry: RELIGHTFUL_IMAGE (CPU steps) and RELIGHTFUL_CUDA_IMAGE (training and GPU inference steps)."""
 
 import os

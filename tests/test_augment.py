@@ -16,7 +16,7 @@ from conftest import make_maps, micro_model_config
 from relightful.augment import AugmentConfig
 from relightful.augment.plan import plan_natural_pairs, portrait_splits
 from relightful.augment.synthesize import augment_pairs
-from relightful.augment_cli import add_augment_parsers
+from relightful.cli.augment import add_augment_parsers
 from relightful.io import (InputError, load_tensors, read_ldr, read_matte, read_metadata, srgb_decode, write_ldr,
                            write_matte)
 
@@ -228,12 +228,13 @@ def test_natural_starter_writes_the_astronaut_with_a_plausible_matte(tmp_path):
 
 def test_training_cache_accepts_augment_output(natural, model_dir, tmp_path):
     from relightful.models import RelightModel
-    from relightful.training.data import PairStream, build_cache, read_manifest
+    from relightful.data.shards import read_pair_manifest
+    from relightful.training.data import PairStream, build_cache
 
     augment_pairs(natural["portraits"], natural["backgrounds"], model_dir, natural["out"], CONFIG, progress=False)
     model = RelightModel.from_pretrained(model_dir)
     files = build_cache(natural["out"], tmp_path / "cache", model, progress=False)
-    manifest = read_manifest(natural["out"])
+    manifest = read_pair_manifest(natural["out"])
     assert set(files) == set(manifest.shard)
     cache = load_tensors(next(iter(files.values())))
     latent = SIZE // model.codec.factor

@@ -1,4 +1,5 @@
-"""The deployment files: docker/*.Dockerfile, .dockerignore and the kustomize tree k8s/ (README "Deploy on Kubernetes").
+"""The deployment files: docker/*.Dockerfile, .dockerignore and the kustomize tree k8s/
+(docs/cluster.md, "Deploy on Kubernetes").
 
 No Docker engine and no cluster are needed. The overlays are rendered by kustomize (`kubectl kustomize`, kustomize
 v5 built into kubectl) or, where kubectl is missing, by `render_minimal` below, which implements exactly the
@@ -714,7 +715,7 @@ def test_build_context():
     patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
     for kept in ("constraints.txt", "pyproject.toml", "README.md", "params.yaml", "dvc.yaml",
-                 "src/relightful/cli.py", "src/relightful/data/__init__.py", "components/x.py", "pipelines/x.py"):
+                 "src/relightful/cli/__init__.py", "src/relightful/data/__init__.py", "components/x.py", "pipelines/x.py"):
         assert not _dockerignored(kept, patterns), kept
     for dropped in (".venv/bin/python", "data/pairs/x", "models/stage1/x", "reports/x", "runs/x", "mlflow.db",
                     "mlartifacts/x", ".dvcstore/x", ".git/HEAD", "src/relightful/__pycache__/cli.pyc",

@@ -234,7 +234,7 @@ def test_panoramas_are_built_exactly_as_training_builds_them(rendered_pairs: Pat
 
 def test_relight_batch_conditions_on_the_panorama_when_given(rendered_pairs: Path):
     from relightful.models import RelightModel
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
     torch.manual_seed(0)
     model = RelightModel(micro_model_config(32))

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from relightful.inference_cli import add_harmonize_parser
+from relightful.cli.inference import add_inference_parsers
 from relightful.io import InputError, read_ldr, srgb_decode, srgb_encode, to_uint8, write_ldr, write_matte
 from relightful.models import EncoderConfig, ModelConfig, RelightModel
-from relightful.models import pipeline
-from relightful.models.pipeline import Harmonizer, combine_guidance, cover_canvas, cover_resize, uses_gain_field
+from relightful.models.compositing import cover_canvas, cover_resize, uses_gain_field
+from relightful.models.harmonizer import Harmonizer, combine_guidance
+from relightful.models.schedule import TRAINING_NOISE
 from relightful.tracking import resolve_model
 
 from conftest import micro_model_config
@@ -122,7 +123,7 @@ def test_gain_field_keeps_full_resolution_detail(harmonizer: Harmonizer, monkeyp
     assert uses_gain_field(fg.shape[:2], harmonizer.model.config.image_size)
     out = harmonizer(fg, matte, bg, steps=STEPS)
     detail_in, detail_out = checker_detail(fg, inner), checker_detail(out, inner)
-    monkeypatch.setattr(pipeline, "uses_gain_field", lambda size, image_size: False)
+    monkeypatch.setattr("relightful.models.harmonizer.uses_gain_field", lambda size, image_size: False)
     upscaled = harmonizer(fg, matte, bg, steps=STEPS)
     detail_upscaled = checker_detail(upscaled, inner)
     print(f"relative checkerboard amplitude: input {detail_in:.3f}, gain field {detail_out:.3f}, "
@@ -183,7 +184,7 @@ def test_any_diffusers_scheduler(model_dir: Path):
     from diffusers import EulerAncestralDiscreteScheduler
 
     model = RelightModel.from_pretrained(model_dir)
-    scheduler = EulerAncestralDiscreteScheduler.from_config(pipeline.TRAINING_NOISE)
+    scheduler = EulerAncestralDiscreteScheduler.from_config(TRAINING_NOISE)
     h = Harmonizer(model, scheduler)
     fg, matte = np.full((32, 32, 3), 120, np.uint8), disc_matte(32, 32)
     a, b = h(fg, matte, fg, steps=2, seed=3), h(fg, matte, fg, steps=2, seed=3)
@@ -224,7 +225,7 @@ def test_scheduler_config_in_model_folder(model_dir: Path, tmp_path: Path):
     shutil.copytree(model_dir, folder)
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDPMScheduler", **pipeline.TRAINING_NOISE, "beta_end": 0.02}))
+        {"_class_name": "DDPMScheduler", **TRAINING_NOISE, "beta_end": 0.02}))
     assert Harmonizer.from_pretrained(folder).scheduler.config.beta_end == 0.02
     assert Harmonizer.from_pretrained(model_dir).scheduler.config.beta_end == 0.012
 
@@ -258,7 +259,7 @@ def test_resolve_model_from_mlflow_registry(model_dir: Path, tmp_path: Path, mon
 def run_cli(argv: list[str]) -> int:
     """The part of relightful.cli.main that matters here: parse, run, map bad input to exit status 1."""
     parser = argparse.ArgumentParser(prog="relightful")
-    add_harmonize_parser(parser.add_subparsers(dest="command", required=True))
+    add_inference_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -120,7 +120,7 @@ def test_gain_edit_is_refused_where_it_means_nothing():
 
 
 def test_sampling_ensemble_averages_the_draws_of_one_batch():
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
     torch.manual_seed(0)
     model = RelightModel(dataclasses.replace(micro_model_config(), residual=True, edit="gain"))

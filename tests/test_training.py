@@ -17,7 +17,8 @@ from relightful.io import InputError, load_tensors
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
 from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
-from relightful.training.data import PairStream, build_cache, read_manifest
+from relightful.data.shards import read_pair_manifest
+from relightful.training.data import PairStream, build_cache
 from relightful.training.loop import train_stage
 
 from conftest import micro_model_config
@@ -185,7 +186,7 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
     files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
     again = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
     assert files == again  # cached once
-    manifest = read_manifest(rendered_pairs)
+    manifest = read_pair_manifest(rendered_pairs)
     n_train = int((manifest.split == "train").sum())
     streams = [PairStream(manifest, files, "train", micro_batch=4, world=2, rank=r, seed=7) for r in (0, 1)]
     seen = torch.cat([s.batch(step)["target"].flatten(1) for step in range(n_train // 8) for s in streams])

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from relightful.data.plan import shard_name
+from relightful.data.shards import shard_name
 from relightful.data.schema import SPLITS
 from relightful.data.splits import assign_splits, stable_hash
 

@@ -41,13 +41,13 @@ from relightful.augment.plan import plan_natural_pairs
 from relightful.augment.portraits import (Background, Portrait, load_background, load_portrait, scan_backgrounds,
                                           scan_portraits)
 from relightful.data.schema import NATURAL_PAIR_COLUMNS
+from relightful.data.shards import MANIFEST, ShardWriter, write_manifest
 from relightful.data.splits import stable_hash
-from relightful.io import InputError, atomic_path, atomic_write_text, read_metadata
+from relightful.io import InputError, atomic_write_text, read_metadata
 from relightful.io.digest import folder_digest
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
 REPORT = "report.json"
 MATTES_DIR = "mattes"
 FORMAT_VERSION = "1"
@@ -68,7 +68,7 @@ class AugmentResult:
 def resolve_sampling(config: AugmentConfig, model_meta: dict) -> AugmentConfig:
     """The config with steps and guidance scales left at None filled from the model folder's "sampling" block
     (what the model was validated with, as `relightful harmonize` does), else the pipeline's usual 20, 1.5, 3.0."""
-    from relightful.models.pipeline import SAMPLING_DEFAULTS
+    from relightful.models.harmonizer import SAMPLING_DEFAULTS
 
     saved = model_meta.get("sampling") or {}
     chosen = {k: getattr(config, k) for k in SAMPLING_DEFAULTS}
@@ -110,7 +110,7 @@ class Relighter:
 
 
 def load_relighter(model_folder: Path, config: AugmentConfig) -> Relighter:
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
     harmonizer = Harmonizer.from_pretrained(model_folder, device=config.device)
     if config.precision != "fp32":
@@ -205,21 +205,20 @@ def _existing_rows(path: Path, fingerprint: str) -> pd.DataFrame | None:
 
 def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_folder: str | Path,
                   out_dir: str | Path, config: AugmentConfig | None = None, progress: bool = True,
-                  **overrides) -> AugmentResult:
+                  resolve=Path, **overrides) -> AugmentResult:
     """Synthesise the natural pairs into `out_dir` (see the module docstring); `overrides` replace config fields.
+    `model_folder` is the stage-2 model folder, or any reference that `resolve` maps to one (the CLI passes
+    `relightful.tracking.resolve_model` for MLflow URIs).
 
     Bad portraits and backgrounds are skipped and listed in the result and report.json; a missing model folder,
     no usable portrait or no usable background raises `InputError` before any work.
     """
-    from relightful.data.pairs import BackgroundWriter
-    from relightful.tracking import resolve_model
-
     config = dataclasses.replace(config or AugmentConfig(), **overrides)
     out_dir = Path(out_dir)
-    model_dir = resolve_model(str(model_folder))  # InputError naming the folder when it is missing
+    model_dir = resolve(model_folder)
     from relightful.models.relight_model import read_model_meta
 
-    config = resolve_sampling(config, read_model_meta(model_dir))
+    config = resolve_sampling(config, read_model_meta(model_dir))  # InputError naming a missing folder
     backgrounds, failed_bg = scan_backgrounds(backgrounds_dir)
     if not backgrounds:
         raise InputError(backgrounds_dir, f"no usable background photo ({len(failed_bg)} rejected: "
@@ -256,7 +255,7 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
     out_dir.mkdir(parents=True, exist_ok=True)
     if todo:  # the manifest's presence means "complete": a run killed from here on leaves none
         (out_dir / MANIFEST).unlink(missing_ok=True)
-    with BackgroundWriter() as writer, tqdm(total=len(plan), initial=len(plan) - int(plan.shard.isin(todo).sum()),
+    with ShardWriter() as writer, tqdm(total=len(plan), initial=len(plan) - int(plan.shard.isin(todo).sum()),
                                             desc="augment", unit="pair", disable=not progress) as bar:
         for name in todo:
             tensors, rows = render_shard(plan[plan.shard == name], portrait_cache, background_cache, relighter,
@@ -278,8 +277,7 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
               "failed_portraits": [{"portrait_id": k, "error": v} for k, v in sorted(failed.items())],
               "failed_backgrounds": [{"file": k, "error": v} for k, v in sorted(failed_bg.items())]}
     atomic_write_text(out_dir / REPORT, json.dumps(report, indent=2))
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        manifest.to_parquet(tmp, index=False)
+    write_manifest(manifest, out_dir / MANIFEST)
     return AugmentResult(manifest, failed, failed_bg, rendered, kept)
 
 

@@ -22,14 +22,14 @@ import torch
 from tqdm import tqdm
 
 from relightful.io.digest import sha256_file
-from relightful.io import HDR_SUFFIXES, InputError, atomic_path, atomic_write_text, load_tensors, read_hdr, save_tensors
+from relightful.io import HDR_SUFFIXES, InputError, atomic_write_text, load_tensors, read_hdr, save_tensors
 from relightful.lighting import LedRig, envmap_to_led_weights, latlong_solid_angles, resize_envmap
 from relightful.data.schema import ENVMAP_COLUMNS
+from relightful.data.shards import MANIFEST, write_manifest
 
 log = logging.getLogger(__name__)
 
 MAPS_DIR = "maps"
-MANIFEST = "manifest.parquet"
 REPORT = "report.json"
 
 
@@ -135,8 +135,7 @@ def ingest_hdr(input_dir: str | Path, output_dir: str | Path, rig: LedRig, confi
             stale.unlink()
     manifest = pd.DataFrame(rows, columns=list(ENVMAP_COLUMNS)).astype(
         {"height": "int64", "width": "int64", **{c: "float64" for c, t in ENVMAP_COLUMNS.items() if t == "float"}})
-    with atomic_path(output_dir / MANIFEST) as tmp:
-        manifest.to_parquet(tmp, index=False)
+    write_manifest(manifest, output_dir / MANIFEST)
     rejected = manifest[manifest.status == "rejected"]
     report = {"n_files": len(manifest), "n_accepted": int((manifest.status == "ok").sum()),
               "n_rejected": len(rejected), "rig": rig.fingerprint, "height": config.height,

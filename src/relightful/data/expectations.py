@@ -31,7 +31,8 @@ from typing import Any
 import pandas as pd
 
 from relightful.data.schema import ENVMAP_COLUMNS, PAIR_COLUMNS, SPLITS
-from relightful.io import InputError, atomic_write_text
+from relightful.data.shards import read_manifest
+from relightful.io import atomic_write_text
 
 MAX_IDS = 20  # failing row ids kept per check (the total count is always kept)
 _BIG = sys.float_info.max  # "finite" = between -_BIG and _BIG, plus not null (GE counts NaN as missing, not failing)
@@ -490,17 +491,6 @@ def validate_pairs(
     return _run(PAIRS, suite, derived, "pair_id", context_cols=("subject_id", "env_a", "env_b"))
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a parquet manifest; a missing or unreadable file is an InputError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "manifest not found")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise InputError(path, f"cannot read parquet manifest ({type(exc).__name__}: {exc})") from exc
-
-
 @dataclass(frozen=True)
 class ValidationConfig:
     """The `validate` section of params.yaml (the FoV range comes from the render section)."""
@@ -540,6 +530,6 @@ def validate_data(
 
 
 __all__ = [
-    "CheckResult", "MAX_IDS", "ValidationConfig", "ValidationReport", "envmap_suite", "pair_suite", "read_manifest", "validate_data",
+    "CheckResult", "MAX_IDS", "ValidationConfig", "ValidationReport", "envmap_suite", "pair_suite", "validate_data",
     "validate_envmaps", "validate_pairs",
 ]

@@ -1,6 +1,6 @@
 """Rendering the training tuples (x_a, m, y_b, z_b, x_b) of DESIGN 3.4 into safetensors shards.
 
-Output folder:
+Output folder (the shard format: data/shards.py):
 
     shard-00000.safetensors    per pair: x_a, x_b, y_b (P, 3, S, S) float16 linear, matte (P, 1, S, S) float16,
                                w_a, w_b (P, N, 3) float32 LED weights of the rotated maps a and b, exposure
@@ -23,7 +23,6 @@ import json
 import logging
 import math
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,18 +32,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from relightful.data.envmaps import MANIFEST as ENVMAP_MANIFEST, MAPS_DIR, load_map
+from relightful.data.envmaps import MAPS_DIR, load_map
 from relightful.data.plan import PlanConfig, plan_pairs
 from relightful.data.schema import PAIR_COLUMNS
-from relightful.io import InputError, atomic_path, atomic_write_text, save_tensors
+from relightful.data.shards import ENVMAPS, MANIFEST, ShardWriter, read_manifest, write_manifest
+from relightful.io import InputError, atomic_write_text, save_tensors
 from relightful.lighting import LedRig, OlatStack, led_projection_matrix, resize_envmap
 from relightful.lighting.camera import crop_grid, pad_longitude
 from relightful.lightstage import load_olat_set
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
-ENVMAPS = "envmaps.safetensors"
 REPORT = "report.json"
 FLOAT16_MAX = 65504.0
 
@@ -66,10 +64,8 @@ def part_name(shard_index: int, num_shards: int) -> str:
 
 def load_envmaps(envmap_dir: Path) -> dict[str, np.ndarray]:
     """The accepted maps of an ingest output folder, by id."""
-    manifest_path = envmap_dir / ENVMAP_MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(manifest_path, "ingest manifest not found (run ingest-hdr first)")
-    manifest = pd.read_parquet(manifest_path)
+    manifest_path = envmap_dir / MANIFEST
+    manifest = read_manifest(manifest_path, "ingest manifest not found (run ingest-hdr first)")
     ids = sorted(manifest.loc[manifest.status == "ok", "map_id"])
     if len(ids) < 2:
         raise InputError(manifest_path, f"needs at least 2 accepted maps, has {len(ids)}")
@@ -299,36 +295,6 @@ def render_shard(rows: pd.DataFrame, subjects: SubjectCache, padded_maps: dict[s
 
 # --- the whole job -----------------------------------------------------------------------------------------------
 
-class BackgroundWriter:
-    """Writes each shard on a thread while the next one renders (file writes release the GIL).
-
-    At most one write is in flight, so at most two shards are in memory; leaving the block waits for the last
-    write and re-raises any write error.
-    """
-
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-        self._pending: Future | None = None
-
-    def submit(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        self.wait()
-        self._pending = self._pool.submit(save_tensors, path, tensors, metadata, drop_from_cache=True)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def __enter__(self) -> "BackgroundWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
 def manifest_frame(rows: pd.DataFrame) -> pd.DataFrame:
     out = rows.reindex(columns=list(PAIR_COLUMNS)).reset_index(drop=True)
     return out.astype({"index": "int64", **{c: "float64" for c, t in PAIR_COLUMNS.items() if t == "float"}})
@@ -356,7 +322,7 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     failed: dict[str, str] = {}
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    with BackgroundWriter() as writer:
+    with ShardWriter() as writer:
         for name in tqdm(mine, desc=f"render-pairs {shard_index + 1}/{num_shards}", unit="shard",
                          disable=not progress):
             tensors, rows = render_shard(plan[plan.shard == name], subjects, padded_maps, tables, config, failed)
@@ -372,8 +338,7 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     if num_shards == 1:
         _finalise(out_dir, manifest, envmap_dir, envmaps_np, rig, config, keep=set(mine), reports=[report])
     else:
-        with atomic_path(out_dir / part_name(shard_index, num_shards)) as tmp:
-            manifest.to_parquet(tmp, index=False)
+        write_manifest(manifest, out_dir / part_name(shard_index, num_shards))
         atomic_write_text(out_dir / f"report.part-{shard_index:05d}-of-{num_shards:05d}.json", json.dumps(report))
     return manifest
 
@@ -391,8 +356,7 @@ def _finalise(out_dir: Path, manifest: pd.DataFrame, envmap_dir: Path, envmaps_n
     failed = [f for r in reports for f in r["failed_subjects"]]
     atomic_write_text(out_dir / REPORT, json.dumps({"n_pairs": len(manifest), "failed_subjects": failed,
                                                     "splits": manifest.split.value_counts().to_dict()}, indent=2))
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        manifest.to_parquet(tmp, index=False)
+    write_manifest(manifest, out_dir / MANIFEST)
 
 
 def merge_parts(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, out_dir: str | Path,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from relightful.data.schema import SPLITS
+from relightful.data.shards import shard_name
 from relightful.data.splits import assign_splits, check_splits, source_of, stable_hash
 
 
@@ -86,10 +87,6 @@ def plan_splits(subject_ids: list[str], map_ids: list[str],
         raise ValueError(f"split(s) {starved} get subjects but fewer than 2 maps ({n_maps}): a pair needs two maps; "
                          f"check split_fractions, min_subjects and min_maps")
     return subject_split, map_split
-
-
-def shard_name(number: int) -> str:
-    return f"shard-{number:05d}.safetensors"
 
 
 def plan_pairs(subject_ids: list[str], map_ids: list[str], config: PlanConfig) -> pd.DataFrame:

@@ -5,7 +5,7 @@ form could reach at best, so the report can say how much of the reachable gain t
   `g_c = Σ m·x_a·x_b / Σ m·x_a²` (the matte weights the pixels as the foreground metrics do). It bounds
   `gain_regression` and every colour-only method: they can at best find this gain.
 - `oracle_shading`: the best smooth gain field at the model's `detail_sigma`, `gain_field(x_b, x_a, m, σ)` of
-  models/pipeline.py: exactly the form of the model's own output when it carries its relighting over as a gain
+  models/compositing.py: exactly the form of the model's own output when it carries its relighting over as a gain
   field, so it bounds what the model can deliver at that σ.
 
 Both are least-squares / local-mean formulas in *linear* light, while the score is an MSE in 8-bit sRGB, so the
@@ -64,7 +64,7 @@ def oracle_shading(fg: torch.Tensor, x_b: torch.Tensor, matte: torch.Tensor, bg:
                    sigma: float) -> torch.Tensor:
     """The best smooth gain field of Gaussian `sigma` (pixels of these images) per pair, never worse than
     `oracle_gain` (see the module docstring): the foreground layer (B, 3, H, W), linear."""
-    from relightful.models.pipeline import gain_field
+    from relightful.models.compositing import gain_field
 
     target = target_image(x_b, matte, bg)
     global_gain = oracle_gain(fg, x_b, matte, bg)

@@ -26,19 +26,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from relightful.data.shards import MANIFEST
 from relightful.evaluation.baselines import histogram_match, reinhard
 from relightful.evaluation.bounds import oracle_gain, oracle_shading, target_image
 from relightful.evaluation.config import EvalConfig
 from relightful.evaluation.light_direction import light_direction_errors
-from relightful.evaluation.methods import HIGHER_IS_BETTER, METHODS, compare_method  # noqa: F401 (re-exported)
+from relightful.evaluation.methods import compare_method
 from relightful.evaluation.metrics import image_metrics
-from relightful.evaluation.pairs import IMAGE_KEYS, Panoramas, deliver, iter_batches, select_pairs  # noqa: F401
+from relightful.evaluation.pairs import Panoramas, deliver, iter_batches, select_pairs
 from relightful.evaluation.report import grid_image, write_report
 from relightful.evaluation.shading import reshade
 from relightful.evaluation.summary import headroom_share, margins, quality_bar, stage_comparison, summarise
 from relightful.io import InputError, srgb_decode
 from relightful.io.tensors import tensor_shape
-from relightful.training.data import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
                    config: EvalConfig = EvalConfig(), natural_pairs: str | Path | None = None,
                    subjects_dir: str | Path | None = None, progress: bool = False,
                    compare: dict[str, str | Path] | None = None, portraits_dir: str | Path | None = None,
-                   backgrounds_dir: str | Path | None = None) -> dict:
-    """Score `model` (folder or MLflow URI), the models of `compare` (NAME -> folder or URI, scored as
+                   backgrounds_dir: str | Path | None = None, resolve=Path) -> dict:
+    """Score `model` (a model folder; any other reference, such as an MLflow URI, when `resolve` maps it to one:
+    the CLI passes `relightful.tracking.resolve_model`), the models of `compare` (NAME -> folder or URI, scored as
     "model_NAME"), the baselines and the bounds on both scenarios; with `portraits_dir` and `backgrounds_dir`, also
     show every real portrait harmonised onto every real background (the third scenario, real_portraits.py); write
     the report (report.py) to `out_dir`; return metrics.json's content. A scenario whose split is empty is
@@ -178,10 +179,11 @@ def evaluate_model(model: str | Path, lightstage_pairs: str | Path, out_dir: str
     from relightful.evaluation.gain_regression import fit_gain_regression
     from relightful.evaluation.oracle import OracleRelighter
     from relightful.lighting import LedRig
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
-    harmonizer = Harmonizer.from_pretrained(model, device=config.device)
-    others = {name: Harmonizer.from_pretrained(path, device=config.device) for name, path in (compare or {}).items()}
+    harmonizer = Harmonizer.from_pretrained(resolve(model), device=config.device)
+    others = {name: Harmonizer.from_pretrained(resolve(path), device=config.device)
+              for name, path in (compare or {}).items()}
     lpips, lpips_reason = load_lpips(config)
     oracle, oracle_reason = None, "no light-stage subjects folder given"
     lightstage_pairs = Path(lightstage_pairs)
@@ -248,7 +250,7 @@ def holdout_scores(model: str | Path, pairs_dir: str | Path, split: str = "test"
                    seed: int = 0, config: EvalConfig | None = None) -> dict[str, float]:
     """The model's mean metrics on held-out pairs (higher is better for psnr/ssim, lower for mse and errors):
     what the promotion gate compares between a candidate and the champion, on the very same pairs and seeds."""
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
     base = config or EvalConfig()
     cfg = dataclasses.replace(base, split=split, max_pairs=max_pairs, seed=seed, n_visual=0)

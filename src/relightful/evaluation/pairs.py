@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relightful.io import InputError, load_tensors, srgb_encode
-from relightful.training.data import ENVMAPS, pair_panorama, read_manifest
+from relightful.data.shards import ENVMAPS, pair_panorama, read_map_store, read_pair_manifest, read_shard
+from relightful.io import InputError, srgb_encode
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ IMAGE_KEYS = ("x_a", "x_b", "y_b", "matte")
 
 def select_pairs(pairs_dir: Path, split: str, max_pairs: int) -> pd.DataFrame:
     """The rows of `split`, in (shard, index) order, thinned evenly to at most `max_pairs` (a fixed set)."""
-    manifest = read_manifest(Path(pairs_dir))
+    manifest = read_pair_manifest(pairs_dir)
     rows = manifest[manifest.split == split].sort_values(["shard", "index"]).reset_index(drop=True)
     if len(rows) > max_pairs:
         rows = rows.iloc[np.linspace(0, len(rows) - 1, max_pairs).round().astype(int)].reset_index(drop=True)
@@ -32,7 +32,7 @@ def select_pairs(pairs_dir: Path, split: str, max_pairs: int) -> pd.DataFrame:
 
 
 def _read_shard(path: Path, group: pd.DataFrame, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    tensors = load_tensors(path)
+    tensors = read_shard(path)
     missing = [k for k in keys if k not in tensors]
     if missing:
         raise InputError(path, f"shard lacks {missing}")
@@ -106,7 +106,7 @@ def deliver(fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor) -> torch.Te
 
 
 class Panoramas:
-    """z_b of light-stage pairs, built exactly as training builds it (training/data.py `pair_panorama`)."""
+    """z_b of light-stage pairs, built exactly as training builds it (data/shards.py `pair_panorama`)."""
 
     COLUMNS = ("env_b", "rotation_b_deg", "scale", "exposure_b_stops")
 
@@ -116,8 +116,8 @@ class Panoramas:
     @classmethod
     def from_pairs(cls, pairs_dir: Path) -> "Panoramas | None":
         """The pair folder's map store, or None when it has none (natural pairs)."""
-        path = Path(pairs_dir) / ENVMAPS
-        return cls(load_tensors(path)) if path.is_file() else None
+        maps = read_map_store(pairs_dir)
+        return cls(maps) if maps is not None else None
 
     def __call__(self, rows: pd.DataFrame) -> torch.Tensor:
         """(B, 3, h, 2h) float32 linear panoramas of `rows`, rounded through float16 as the training cache is."""

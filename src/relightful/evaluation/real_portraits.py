@@ -32,7 +32,7 @@ class RealScenario:
 
 def paste(fg8: np.ndarray, matte: np.ndarray, bg8: np.ndarray) -> np.ndarray:
     """The portrait composited unchanged over the cover-resized background, in linear light (as the model does)."""
-    from relightful.models.pipeline import cover_resize
+    from relightful.models.compositing import cover_resize
 
     bg = srgb_decode_8bit(cover_resize(bg8, fg8.shape[:2]))
     fg = srgb_decode_8bit(fg8)

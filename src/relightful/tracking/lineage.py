@@ -19,12 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from relightful.data.shards import MANIFEST
 from relightful.io.digest import md5_file
 from relightful.io.errors import InputError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
 SOURCE_LOCK = "dvc.lock"
 SOURCE_MANIFEST = "manifest"
 

@@ -29,7 +29,8 @@ class DeepSpeedConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How a training step runs, not what it computes: the loss and its gradients stay the same (to rounding).
-    What each setting pays on which device is measured by `benchmarks/train_step.py` (README, "Training speed")."""
+    What each setting pays on which device is measured by `benchmarks/train_step.py` (docs/benchmarks.md, "Training
+    speed")."""
     channels_last: bool = False          # NHWC activations (the layout of GPU tensor cores)
     compile: bool = False                # torch.compile the UNet and the encoders, in place (names unchanged)
     gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more time

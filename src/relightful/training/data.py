@@ -24,37 +24,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from relightful.data.shards import pair_panorama, read_map_store, read_pair_manifest, read_shard
 from relightful.io import InputError, load_tensors, save_tensors
-from relightful.lighting import rotate_envmap
 from relightful.models.codecs import to_model_space
 
-MANIFEST = "manifest.parquet"
-ENVMAPS = "envmaps.safetensors"
 CACHE_VERSION = "1"
-
-
-def read_manifest(pairs_dir: Path) -> pd.DataFrame:
-    path = pairs_dir / MANIFEST
-    if not path.is_file():
-        raise InputError(path, "pair manifest not found (render or augment the pairs first)")
-    manifest = pd.read_parquet(path)
-    missing = {"pair_id", "shard", "index", "split"} - set(manifest.columns)
-    if missing:
-        raise InputError(path, f"missing columns {sorted(missing)}")
-    return manifest
 
 
 def cache_key(shard_path: Path, codec_identity: str, image_size: int) -> str:
     stat = shard_path.stat()
     raw = f"{CACHE_VERSION}|{shard_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{codec_identity}|{image_size}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-def pair_panorama(env: torch.Tensor, row) -> torch.Tensor:
-    """z_b of one pair, (3, h, 2h) linear: its stored map `env` (h, 2h, 3) rotated by `row.rotation_b_deg`, times
-    the pair's `scale` and `2**exposure_b_stops`, as y_b was (DESIGN 3.4)."""
-    env = rotate_envmap(env.float(), float(row.rotation_b_deg))
-    return env.permute(2, 0, 1) * float(row.scale) * 2.0 ** float(row.exposure_b_stops)
 
 
 @torch.no_grad()
@@ -83,7 +63,7 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
 def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: bool = True) -> dict[str, Path]:
     """Encode every shard once (skipping those already cached); returns shard name -> cache file."""
     pairs_dir, cache_root = Path(pairs_dir), Path(cache_root)
-    manifest = read_manifest(pairs_dir)
+    manifest = read_pair_manifest(pairs_dir)
     panoramas: dict | None = None  # the map store, read only if a shard needs encoding
     files = {}
     for name, rows in tqdm(list(manifest.groupby("shard", sort=True)), desc="latent cache", unit="shard",
@@ -93,10 +73,10 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
             raise InputError(shard_path, "shard listed in the manifest is missing")
         target = cache_root / f"{Path(name).stem}-{cache_key(shard_path, model.codec.identity, model.config.image_size)}.safetensors"
         if not target.is_file():
-            if panoramas is None and (pairs_dir / ENVMAPS).is_file():
-                panoramas = load_tensors(pairs_dir / ENVMAPS)
+            if panoramas is None:
+                panoramas = read_map_store(pairs_dir)
             rows = rows.sort_values("index")
-            cache = encode_shard(load_tensors(shard_path), rows, model, panoramas)
+            cache = encode_shard(read_shard(shard_path), rows, model, panoramas)
             save_tensors(target, cache, metadata={"pair_ids": ",".join(rows.pair_id)})
         files[name] = target
     return files

@@ -20,11 +20,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from relightful.data.shards import ENVMAPS, MANIFEST, read_pair_manifest
 from relightful.io import atomic_write_text
 from relightful.models import ModelConfig, RelightModel
 from relightful.training import checkpoint as ckpt
 from relightful.training.config import TrainConfig
-from relightful.training.data import ENVMAPS, PairStream, build_cache, read_manifest
+from relightful.training.data import PairStream, build_cache
 from relightful.training.ema import WeightEma
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
@@ -111,7 +112,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     barrier()
     files = build_cache(pairs_dir, cache_dir, model, progress=False)  # every rank: the names (all cached now)
     ds = config.deepspeed
-    stream = PairStream(read_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world, rank,
+    stream = PairStream(read_pair_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world, rank,
                         config.seed, config.shuffle_window)
     if stage == 2 and not (pairs_dir / ENVMAPS).is_file():
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
@@ -224,7 +225,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
 
 def validation_scheduler(training_scheduler, model: RelightModel):
     """The inference sampler on the noise schedule being trained."""
-    from relightful.models.pipeline import TRAINING_NOISE, default_scheduler
+    from relightful.models.schedule import TRAINING_NOISE, default_scheduler
 
     return default_scheduler(model, {k: training_scheduler.config[k] for k in TRAINING_NOISE})
 
@@ -235,7 +236,7 @@ def run_fingerprint(stage: int, config: TrainConfig, model: RelightModel, pairs_
     h = hashlib.sha256()
     h.update(json.dumps({"stage": stage, "world": world, "train": dataclasses.asdict(config),
                          "model": dataclasses.asdict(model.config)}, sort_keys=True, default=str).encode())
-    h.update((pairs_dir / "manifest.parquet").read_bytes())
+    h.update((pairs_dir / MANIFEST).read_bytes())
     if init_from is not None:
         for f in sorted(Path(init_from).rglob("*")):
             if f.is_file():

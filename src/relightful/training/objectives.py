@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from relightful.models import RelightModel
 from relightful.models.codecs import from_model_space
-from relightful.models.pipeline import gain_field
+from relightful.models.compositing import gain_field
 from relightful.models.relight_model import GAIN_LOG_LIMIT
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from relightful.io import load_tensors, write_ldr
-from relightful.training.data import read_manifest
+from relightful.data.shards import read_pair_manifest
 
 
 def validation_batch(pairs_dir: Path, cache_files: dict[str, Path], n: int, split: str = "val") -> dict[str, torch.Tensor]:
     """The first `n` pairs of `split` (falling back to `train` when the split is empty), from the latent cache."""
-    manifest = read_manifest(pairs_dir)
+    manifest = read_pair_manifest(pairs_dir)
     rows = manifest[manifest.split == split]
     if rows.empty:
         rows = manifest[manifest.split == "train"]
@@ -32,7 +32,7 @@ def validation_batch(pairs_dir: Path, cache_files: dict[str, Path], n: int, spli
 def sample_grid(model, batch: dict[str, torch.Tensor], steps: int, seed: int = 0, image_guidance: float = 1.5,
                 lighting_guidance: float = 3.0, scheduler=None) -> np.ndarray:
     """(rows·S, 3·S, 3) uint8: composite | sample | target for each pair of `batch` (sRGB)."""
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
 
     harmonizer = Harmonizer(model, scheduler)
     dtype = next(model.unet.parameters()).dtype

@@ -1,7 +1,5 @@
 """`relightful harmonize`, `relightful matte` and `relightful fetch-weights` (DESIGN 3.7): relight a portrait onto
-a new background, matte a portrait automatically, fetch the segmenter's weights at setup. Kept apart from cli.py
-so the inference commands and their checks live next to each other; cli.py registers them with
-`add_harmonize_parser`."""
+a new background, matte a portrait automatically, fetch the segmenter's weights at setup."""
 
 from __future__ import annotations
 
@@ -27,9 +25,10 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
     if fg.shape[:2] != matte.shape:
         raise InputError(args.matte, f"the matte is {matte.shape[1]}x{matte.shape[0]} but the foreground {args.fg} "
                                      f"is {fg.shape[1]}x{fg.shape[0]}: they must have the same size")
-    from relightful.models.pipeline import Harmonizer
+    from relightful.models.harmonizer import Harmonizer
+    from relightful.tracking.models import resolve_model
 
-    harmonizer = Harmonizer.from_pretrained(args.model, device=args.device)
+    harmonizer = Harmonizer.from_pretrained(resolve_model(args.model), device=args.device)
     out = harmonizer(to_uint8(fg), matte, to_uint8(bg), steps=args.steps, seed=args.seed,
                      image_guidance=args.image_guidance, lighting_guidance=args.lighting_guidance,
                      progress=not args.quiet)
@@ -83,8 +82,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the `harmonize` sub-command to `relightful`'s sub-parsers."""
+def add_inference_parsers(subparsers) -> argparse.ArgumentParser:
+    """Add `harmonize`, `matte` and `fetch-weights` to `relightful`'s sub-parsers; returns harmonize's parser."""
     p = subparsers.add_parser("harmonize", help="relight a portrait (foreground + matte) to match a new background",
                               description="Relight the foreground to the background's lighting and composite it. "
                                           "OUT has the foreground's size; background pixels are the input "
@@ -135,4 +134,4 @@ def add_harmonize_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["add_harmonize_parser", "auto_matte", "cmd_fetch_weights", "cmd_harmonize", "cmd_matte"]
+__all__ = ["add_inference_parsers", "auto_matte", "cmd_fetch_weights", "cmd_harmonize", "cmd_matte"]

@@ -1,4 +1,5 @@
-"""Inference: a foreground, its matte and any background photo -> the relit composite at the input resolution.
+"""Inference (`Harmonizer`): a foreground, its matte and any background photo -> the relit composite at the input
+resolution.
 
 DESIGN 3.5/3.7. The steps, and why each is the way it is:
 
@@ -26,36 +27,20 @@ DESIGN 3.5/3.7. The steps, and why each is the way it is:
 from __future__ import annotations
 
 import inspect
-import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relightful.io import InputError, srgb_decode, srgb_decode_8bit, srgb_encode, to_uint8
-from relightful.models.codecs import PixelUnshuffleCodec, from_model_space, to_model_space
+from relightful.io import srgb_decode_8bit, srgb_encode, to_uint8
+from relightful.models.codecs import from_model_space, to_model_space
+from relightful.models.compositing import cover_canvas, gain_field, resize_square, sample_window, uses_gain_field
 from relightful.models.relight_model import RelightModel, read_model_meta
+from relightful.models.schedule import default_scheduler, folder_scheduler
 
-# The forward process the model was trained with (DESIGN 3.6); samplers must use the same betas.
-TRAINING_NOISE: dict = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                            beta_end=0.012, prediction_type="epsilon", rescale_betas_zero_snr=False)
 # Sampler steps and guidance scales when neither the call nor the model folder's "sampling" block gives them.
 SAMPLING_DEFAULTS: dict = {"steps": 20, "image_guidance": 1.5, "lighting_guidance": 3.0}
-SCHEDULER_DIR = "scheduler"  # optional diffusers scheduler config inside a model folder; overrides TRAINING_NOISE
-
-
-def default_scheduler(model: RelightModel, config: dict | None = None):
-    """DDIM on the training betas. "trailing" spacing starts sampling at t = T−1 (pure noise, as the initial
-    sample is), which matters at the few steps used here (Lin et al. 2024, "Common diffusion noise schedules and
-    sample steps are flawed"). x̂₀ is clipped to [−1, 1] only when latents are pixels (pixel_unshuffle codec)."""
-    from diffusers import DDIMScheduler
-
-    values = dict(TRAINING_NOISE if config is None else config)
-    values.update(clip_sample=isinstance(model.codec, PixelUnshuffleCodec), set_alpha_to_one=False, steps_offset=0,
-                  timestep_spacing="trailing")
-    return DDIMScheduler.from_config(values)
 
 
 def combine_guidance(eps_full: torch.Tensor, eps_img: torch.Tensor, eps_uncond: torch.Tensor | None,
@@ -70,85 +55,7 @@ def combine_guidance(eps_full: torch.Tensor, eps_img: torch.Tensor, eps_uncond: 
     return eps
 
 
-# --- geometry ------------------------------------------------------------------------------------------------------
-
-def _cover_scaled(bg: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
-    """The background scaled to cover (height, width), and the top-left of the centred crop."""
-    hb, wb = bg.shape[:2]
-    s = max(height / hb, width / wb)
-    sh, sw = max(height, round(hb * s)), max(width, round(wb * s))
-    if (sh, sw) != (hb, wb):
-        bg = cv2.resize(bg, (sw, sh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-    return bg, (sh - height) // 2, (sw - width) // 2
-
-
-def cover_resize(bg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize `bg` (H', W', 3) to cover `size` = (H, W) and centre-crop: the background pixels of the output."""
-    scaled, top, left = _cover_scaled(bg, *size)
-    return np.ascontiguousarray(scaled[top:top + size[0], left:left + size[1]])
-
-
-def cover_canvas(bg: np.ndarray, size: tuple[int, int], side: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cover_resize(bg, size), the side×side square centred on it in the same scaled background), mirrored
-    where the square reaches past the photo. The square's centre (H, W) window equals the first result."""
-    height, width = size
-    scaled, top, left = _cover_scaled(bg, height, width)
-    sh, sw = scaled.shape[:2]
-    r0, c0 = top - (side - height) // 2, left - (side - width) // 2
-    pads = ((max(0, -r0), max(0, r0 + side - sh)), (max(0, -c0), max(0, c0 + side - sw)), (0, 0))
-    padded = np.pad(scaled, pads, mode="symmetric") if any(p for p in pads[:2] for p in p) else scaled
-    r0, c0 = r0 + pads[0][0], c0 + pads[1][0]
-    return (np.ascontiguousarray(scaled[top:top + height, left:left + width]),
-            np.ascontiguousarray(padded[r0:r0 + side, c0:c0 + side]))
-
-
-def uses_gain_field(size: tuple[int, int], image_size: int) -> bool:
-    """Whether an input of `size` = (H, W) is restored through the gain field (larger than the model's square)."""
-    return max(size) > image_size
-
-
-def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, C, n, n) -> (B, C, side, side), antialiased when shrinking (linear-light values in, linear out)."""
-    if x.shape[-1] == side:
-        return x
-    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return x
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def gain_field(generated: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor, sigma: float = 1.0,
-               eps: float = 2e-3, limits: tuple[float, float] = (1 / 16, 16.0)) -> torch.Tensor:
-    """Per-pixel, per-channel gain (B, 3, s, s) turning the input foreground into the relit one, all linear at the
-    model's resolution: `(G(m·gen) + ε) / (G(m·comp) + ε)` with G a Gaussian of `sigma` model pixels. Blurring both
-    with the same matte-weighted kernel makes it a local weighted mean of the ratio (a uniform relighting `gen = g·comp`
-    gives exactly g), keeps the model's pixel noise out of the full-resolution result, and ε pulls the gain towards 1
-    where the foreground is black or absent. The clamp bounds what an unreliable prediction can do."""
-    num = _gaussian_blur(matte * generated, sigma)
-    den = _gaussian_blur(matte * composite, sigma)
-    return ((num + eps) / (den + eps)).clamp(*limits)
-
-
-def _sample_window(field: torch.Tensor, side: int, top: int, left: int, height: int, width: int) -> torch.Tensor:
-    """Bilinear upsampling of a (B, C, s, s) field over a side×side canvas, evaluated only on the output window
-    (identical to interpolating to side×side then cropping, without the side² buffer)."""
-    ys = (torch.arange(height, device=field.device, dtype=field.dtype) + top + 0.5) / side * 2 - 1
-    xs = (torch.arange(width, device=field.device, dtype=field.dtype) + left + 0.5) / side * 2 - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].expand(field.shape[0], -1, -1, -1)
-    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-# --- inputs --------------------------------------------------------------------------------------------------------
+# --- inputs ---------------------------------------------------------------------------------------------------------
 
 def _rgb8(image, name: str) -> np.ndarray:
     """An (H, W, 3) uint8 sRGB image from uint8/uint16/float [0, 1] input (grey and RGBA accepted)."""
@@ -213,27 +120,19 @@ class Harmonizer:
         self.gain_eps = gain_eps
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, scheduler=None, device: str | torch.device | None = None,
+    def from_pretrained(cls, folder: str | Path, scheduler=None, device: str | torch.device | None = None,
                         **kwargs) -> "Harmonizer":
-        """Load a model folder or an MLflow URI (`models:/name@alias`, `runs:/...`); bad input raises `InputError`.
-        A `scheduler/` config in the folder (diffusers format) replaces the default training betas. `device`
-        "auto" is CUDA when available, else the CPU."""
-        from relightful.tracking import resolve_model
-
-        folder = resolve_model(str(model))
+        """Load a model folder (an MLflow URI is resolved to one by the caller: `relightful.tracking.resolve_model`);
+        bad input raises `InputError`. A `scheduler/` config in the folder (diffusers format) replaces the default
+        training betas. `device` "auto" is CUDA when available, else the CPU."""
+        folder = Path(folder)
         net = RelightModel.from_pretrained(folder)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device is not None:
             net = net.to(device)
-        if scheduler is None and (folder / SCHEDULER_DIR / "scheduler_config.json").is_file():
-            from diffusers import DDIMScheduler
-
-            try:
-                config = DDIMScheduler.load_config(folder / SCHEDULER_DIR)
-            except (OSError, ValueError) as err:
-                raise InputError(folder / SCHEDULER_DIR, f"unreadable scheduler config ({err})") from None
-            scheduler = default_scheduler(net, {k: config[k] for k in TRAINING_NOISE if k in config})
+        if scheduler is None:
+            scheduler = folder_scheduler(folder, net)
         kwargs.setdefault("defaults", read_model_meta(folder).get("sampling"))
         return cls(net, scheduler, **kwargs)
 
@@ -276,7 +175,7 @@ class Harmonizer:
         pad = (left, side - width - left, top, side - height - top)
         m_canvas = F.pad(m_t, pad)
         composite = m_canvas * F.pad(fg_lin, pad) + (1 - m_canvas) * canvas_lin
-        comp_s, m_s, bg_s = _resize(composite, size), _resize(m_canvas, size).clamp(0, 1), _resize(canvas_lin, size)
+        comp_s, m_s, bg_s = resize_square(composite, size), resize_square(m_canvas, size).clamp(0, 1), resize_square(canvas_lin, size)
         del composite, m_canvas, canvas_lin  # full-size buffers: free them before sampling
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance, progress)
 
@@ -289,9 +188,9 @@ class Harmonizer:
         fg_box, m_box = fg_lin[..., r0:r1, c0:c1], m_t[..., r0:r1, c0:c1]
         if uses_gain_field((height, width), size) or self.detail_sigma is not None:
             gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
-            relit = fg_box * _sample_window(gain, side, top + r0, left + c0, r1 - r0, c1 - c0)
+            relit = fg_box * sample_window(gain, side, top + r0, left + c0, r1 - r0, c1 - c0)
         else:
-            relit = _resize(generated, side)[..., top + r0:top + r1, left + c0:left + c1]
+            relit = resize_square(generated, side)[..., top + r0:top + r1, left + c0:left + c1]
         bg_box = bg_full8[r0:r1, c0:c1]
         out = m_box * relit + (1 - m_box) * as_linear(np.ascontiguousarray(bg_box))
         box8 = to_uint8(srgb_encode(out[0].permute(1, 2, 0)).cpu())
@@ -311,14 +210,14 @@ class Harmonizer:
         dev, side, size = self.device, self.model.config.image_size, fg.shape[-1]
         fg, matte, bg = fg.to(dev).float(), matte.to(dev).float(), bg.to(dev).float()
         composite = matte * fg + (1 - matte) * bg
-        comp_s, m_s, bg_s = _resize(composite, side), _resize(matte, side).clamp(0, 1), _resize(bg, side)
+        comp_s, m_s, bg_s = resize_square(composite, side), resize_square(matte, side).clamp(0, 1), resize_square(bg, side)
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance,
                                   panorama=panorama)
         if size > side or self.detail_sigma is not None:
             gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
             relit = fg * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
         else:
-            relit = _resize(generated, size)
+            relit = resize_square(generated, size)
         return relit.float().cpu()
 
     def generate(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor, steps: int,
@@ -382,5 +281,4 @@ class Harmonizer:
         return latents
 
 
-__all__ = ["SAMPLING_DEFAULTS", "Harmonizer", "TRAINING_NOISE", "combine_guidance", "cover_canvas", "cover_resize", "default_scheduler",
-           "gain_field", "uses_gain_field"]
+__all__ = ["SAMPLING_DEFAULTS", "Harmonizer", "combine_guidance"]

@@ -1,5 +1,4 @@
-"""`relightful evaluate`: the model against the baselines on the held-out pairs, with the report a person reads.
-Kept apart from cli.py (as the other job groups are); cli.py registers it with `add_evaluate_parser(sub)`."""
+"""`relightful evaluate`: the model against the baselines on the held-out pairs, with the report a person reads."""
 
 from __future__ import annotations
 
@@ -7,22 +6,26 @@ import argparse
 import re
 from pathlib import Path
 
+from relightful.cli.common import JobFailed, add_params, job_config
+from relightful.cli.hooks import start_tracking, track_evaluation
+
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from relightful import cli
+    from relightful.data.shards import MANIFEST
     from relightful.evaluation import EvalConfig, evaluate_model
-    from relightful.tracking_cli import start_tracking
+    from relightful.tracking.models import resolve_model
 
-    cfg = cli._config(EvalConfig, args, "evaluate")
+    cfg = job_config(EvalConfig, args, "evaluate")
     compare = parse_compare(args.compare)
     tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
-    natural = args.natural_pairs if args.natural_pairs and (args.natural_pairs / "manifest.parquet").is_file() else None
+    natural = args.natural_pairs if args.natural_pairs and (args.natural_pairs / MANIFEST).is_file() else None
     if args.natural_pairs and natural is None:
-        raise cli.JobFailed(f"{args.natural_pairs / 'manifest.parquet'}: natural pair manifest not found")
+        raise JobFailed(f"{args.natural_pairs / MANIFEST}: natural pair manifest not found")
     if (args.portraits is None) != (args.backgrounds is None):
-        raise cli.JobFailed("--portraits and --backgrounds go together (the real-portrait scenario needs both)")
+        raise JobFailed("--portraits and --backgrounds go together (the real-portrait scenario needs both)")
     metrics = evaluate_model(args.model, args.pairs, args.out, cfg, natural, args.subjects, progress=not args.quiet,
-                             compare=compare, portraits_dir=args.portraits, backgrounds_dir=args.backgrounds)
+                             compare=compare, portraits_dir=args.portraits, backgrounds_dir=args.backgrounds,
+                             resolve=resolve_model)
     for scenario in ("lightstage", "natural"):
         block = metrics.get(scenario)
         if block is None:
@@ -44,47 +47,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"LPIPS not computed: {metrics['lpips']['reason']}")
     print(f"evaluate: report -> {args.out}/report.html, metrics -> {args.out}/metrics.json")
     if tracking:
-        _track(args.model, metrics, args.out)
+        track_evaluation(args.model, metrics, args.out)
     skipped = {f: e for block in ("lightstage", "natural", "gain_regression") for f, e in
                (metrics.get(block) or {}).get("skipped_shards", {}).items()}
     if skipped:
-        raise cli.JobFailed(f"{len(skipped)} shard(s) could not be read and were left out of the report: "
+        raise JobFailed(f"{len(skipped)} shard(s) could not be read and were left out of the report: "
                             + "; ".join(skipped.values()))
     if args.require_quality_bar and not metrics["quality_bar"]["passed"]:
-        raise cli.JobFailed("the quality bar is not met (--require-quality-bar)")
+        raise JobFailed("the quality bar is not met (--require-quality-bar)")
 
 
 def parse_compare(items: list[str] | None) -> dict[str, str]:
     """`--compare NAME=MODEL` values -> {NAME: MODEL}; NAME becomes the method "model_NAME"."""
-    from relightful import cli
-
     out: dict[str, str] = {}
     for item in items or []:
         name, sep, model = item.partition("=")
         if not sep or not model or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise cli.JobFailed(f"--compare {item!r}: expected NAME=MODEL, NAME of letters, digits, '_' or '-'")
+            raise JobFailed(f"--compare {item!r}: expected NAME=MODEL, NAME of letters, digits, '_' or '-'")
         if name in out or name == "panorama":
-            raise cli.JobFailed(f"--compare {item!r}: the name {name!r} is "
+            raise JobFailed(f"--compare {item!r}: the name {name!r} is "
                                 + ("given twice" if name in out else "taken (model_panorama)"))
         out[name] = model
     return out
 
 
-def _track(model, metrics: dict, out: Path) -> None:
-    from relightful import cli
-    from relightful.tracking.jobs import log_evaluation
-    from relightful.tracking.runs import TrackingError
-
-    try:
-        run_id, version = log_evaluation(model, metrics, out)
-    except TrackingError as err:
-        raise cli.JobFailed(f"{err}; the report in {out} is written, but not tracked") from None
-    print(f"evaluate: logged to run {run_id}" + (f" of {version}" if version else " (the model is not registered)"))
-
-
 def add_evaluate_parser(sub) -> None:
-    from relightful import cli
-
     p = sub.add_parser("evaluate", help="score the model and the baselines on the test pairs; write the report")
     p.add_argument("--model", default="models/stage3", help="model folder or MLflow URI")
     p.add_argument("--pairs", type=Path, default=Path("data/pairs"), help="light-stage pair shards + manifest")
@@ -104,5 +91,8 @@ def add_evaluate_parser(sub) -> None:
                    help="exit 1 unless the model meets DESIGN 4's bar on the light-stage test pairs (fg PSNR ≥ "
                         "composite + 3 dB and ≥ gain_regression + 1 dB, fg PSNR and SSIM above every baseline, "
                         "light-direction error ≤ 35°)")
-    cli._add_params(p)
+    add_params(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+__all__ = ["add_evaluate_parser", "cmd_evaluate", "parse_compare"]

@@ -1,5 +1,4 @@
-"""`relightful augment` and `relightful natural-starter`: the stage-3 data jobs. Kept apart from cli.py (as the
-inference command is); cli.py registers them with `add_augment_parsers(sub)` and reuses its own params handling."""
+"""`relightful augment` and `relightful natural-starter`: the stage-3 data jobs."""
 
 from __future__ import annotations
 
@@ -7,21 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _cli():
-    """cli.py's option and config helpers and its JobFailed, imported when used: cli.py imports this module to
-    register the commands, so the options and exit codes stay the same as every other sub-command's."""
-    from relightful import cli
-
-    return cli
+from relightful.cli.common import JobFailed, add_params, job_config
 
 
 def cmd_augment(args: argparse.Namespace) -> None:
     from relightful.augment import AugmentConfig
     from relightful.augment.synthesize import augment_pairs
+    from relightful.tracking.models import resolve_model
 
-    cfg = _cli()._config(AugmentConfig, args, "augment")
-    result = augment_pairs(args.portraits, args.backgrounds, args.model, args.out, cfg, progress=not args.quiet)
+    cfg = job_config(AugmentConfig, args, "augment")
+    result = augment_pairs(args.portraits, args.backgrounds, args.model, args.out, cfg, progress=not args.quiet,
+                           resolve=resolve_model)
     m = result.manifest
     splits = ", ".join(f"{s} {n}" for s, n in m.split.value_counts().sort_index().items())
     print(f"augment: {len(m)} pairs ({splits}) from {m.subject_id.nunique()} portraits in {m.shard.nunique()} shards "
@@ -32,19 +27,19 @@ def cmd_augment(args: argparse.Namespace) -> None:
         print(f"  skipped background {name}: {err}", file=sys.stderr)
     rejected = len(result.failed_portraits) + len(result.failed_backgrounds)
     if rejected > args.max_rejected:
-        raise _cli().JobFailed(f"{rejected} input(s) skipped, more than --max-rejected {args.max_rejected} "
-                               f"(the others' pairs are written)")
+        raise JobFailed(f"{rejected} input(s) skipped, more than --max-rejected {args.max_rejected} "
+                        f"(the others' pairs are written)")
 
 
 def cmd_natural_starter(args: argparse.Namespace) -> None:
     from relightful.augment import NaturalStarterConfig
     from relightful.augment.starter import NaturalStarterError, build_natural_starter
 
-    cfg = _cli()._config(NaturalStarterConfig, args, "natural_starter")
+    cfg = job_config(NaturalStarterConfig, args, "natural_starter")
     try:
         sources = build_natural_starter(args.out, cfg, args.hdri, progress=not args.quiet)
     except NaturalStarterError as err:
-        raise _cli().JobFailed(str(err)) from None
+        raise JobFailed(str(err)) from None
     kinds = [f["kind"] for f in sources["files"]]
     print(f"natural-starter: {kinds.count('portrait')} portraits, {kinds.count('background')} backgrounds "
           f"-> {args.out}")
@@ -54,7 +49,6 @@ def cmd_natural_starter(args: argparse.Namespace) -> None:
 
 def add_augment_parsers(subparsers) -> None:
     """Add `augment` and `natural-starter` to `relightful`'s sub-parsers."""
-    add_params = _cli()._add_params
     p = subparsers.add_parser(
         "augment", help="synthesise stage-3 pairs: natural portraits relit by the stage-2 model",
         description="For each portrait and a random other background, the stage-2 model relights the subject; the "

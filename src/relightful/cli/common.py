@@ -1,0 +1,37 @@
+"""What every command module of `relightful` shares: the job error, the params options and config loading.
+
+A leaf: it imports no other command module, so each of them can import it (DESIGN 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+class JobFailed(RuntimeError):
+    """A job ran but could not do all of its work (the message says what)."""
+
+
+def add_params(p: argparse.ArgumentParser) -> None:
+    """The options of every job that reads a section of params.yaml."""
+    p.add_argument("--params", type=Path, default=None, help="params.yaml to read this job's section from")
+    p.add_argument("--profile", default=None, help="profile of params.yaml to use (default: its 'profile' key)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set plan.seed=3 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
+                   help="log this job as an MLflow run (default: on when mlflow is installed and RELIGHTFUL_TRACKING "
+                        "is not 0; URI from MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+
+
+def job_config(cls, args: argparse.Namespace, section: str):
+    """The job's `section` of params.yaml (with `--set` overrides) as a `cls`; kept on `args` for its MLflow run."""
+    from relightful.config import load_config
+
+    cfg = load_config(cls, args.params, section, args.overrides, args.profile)
+    args.job_config = (section, cfg)  # what the job ran with, for its MLflow run
+    return cfg
+
+
+__all__ = ["JobFailed", "add_params", "job_config"]

@@ -1,0 +1,59 @@
+"""`relightful train`: one stage of the model with DeepSpeed, tracked as an MLflow run (hooks.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relightful.cli.common import JobFailed, add_params
+from relightful.cli.hooks import add_train_tracking_options, start_tracking, track_training
+
+
+def cmd_train(args) -> None:
+    from relightful.config import apply_overrides, deep_merge, from_dict, load_section
+    from relightful.models import ModelConfig
+    from relightful.training import TrainConfig, train_stage
+    from relightful.training.loop import write_history
+
+    def section(name: str) -> dict:
+        return load_section(args.params, name, args.profile) if args.params else {}
+
+    model_over = [o[len("model."):] for o in args.overrides if o.startswith("model.")]
+    train_over = [o for o in args.overrides if not o.startswith("model.")]
+    model_cfg = from_dict(ModelConfig, apply_overrides(section("model"), model_over), "model")
+    stage_values = deep_merge(section("train"), section(f"stage{args.stage}") if args.params else {})
+    train_cfg = from_dict(TrainConfig, apply_overrides(stage_values, train_over), f"stage{args.stage}")
+    if args.stage > 1 and args.init is None:
+        raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
+    out = args.out or Path(f"models/stage{args.stage}")
+    run_dir = args.run_dir or Path(f"runs/stage{args.stage}")
+    tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
+    result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
+                         progress=not args.quiet, samples_dir=args.samples)
+    if result.model_dir is not None:
+        if args.metrics:
+            write_history(args.metrics, result.history)
+        last = result.history[-1] if result.history else {}
+        print(f"train: stage {args.stage}, {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}, "
+              f"{result.samples_per_s:.1f} samples/s -> {out}")
+        if tracking:
+            track_training(args, result, out, model_cfg, train_cfg)
+
+
+def add_train_parser(sub) -> None:
+    """Add `train` to `relightful`'s sub-parsers."""
+    p = sub.add_parser("train", help="train one stage of the model with DeepSpeed (launch with torchrun for more ranks)")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
+    p.add_argument("--pairs", type=Path, default=Path("data/pairs"), help="pair shards + manifest to train on")
+    p.add_argument("--init", type=Path, default=None, help="model folder to start from (stages 2-3: the previous stage)")
+    p.add_argument("--out", type=Path, default=None, help="model folder to write (default models/stageN)")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints, for resuming (default runs/stageN)")
+    p.add_argument("--cache", type=Path, default=None, help="latent cache folder (default: cache/latents beside --pairs)")
+    p.add_argument("--metrics", type=Path, default=None, help="write the loss history (JSON list) here")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="write validation grids (composite | model | target) here every validate_every steps")
+    add_train_tracking_options(p)
+    add_params(p)
+    p.set_defaults(func=cmd_train)
+
+
+__all__ = ["add_train_parser", "cmd_train"]
