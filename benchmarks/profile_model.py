@@ -31,8 +31,9 @@ def model_config(profile: str, folder: Path, params: str = "params.yaml", image_
 
 
 def train_config(profile: str, params: str = "params.yaml", stage: int = 1, **deepspeed) -> TrainConfig:
-    """The profile's `train` block with its `stageN` block over it; `deepspeed` keys given (not None) override."""
-    values = deep_merge(load_section(params, "train", profile), load_section(params, f"stage{stage}", profile))
-    config = from_dict(TrainConfig, values, f"{profile}.stage{stage}")
+    """The profile's `train` block with its `train_stageN` block over it; `deepspeed` keys given (not None) override."""
+    block = f"train_stage{stage}"
+    values = deep_merge(load_section(params, "train", profile), load_section(params, block, profile))
+    config = from_dict(TrainConfig, values, f"{profile}.{block}")
     changes = {k: v for k, v in deepspeed.items() if v is not None}
     return dataclasses.replace(config, deepspeed=dataclasses.replace(config.deepspeed, **changes))

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relightful.data.envmaps import IngestConfig, ingest_hdr
-from relightful.data.pairs import (RenderConfig, RollTables, empty_shard, load_envmaps, lookup_weights,
-                                   prepare_subject, relight_pairs, render_pairs)
-from relightful.data.plan import PlanConfig, plan_pairs
+from relightful.data.ingest_hdr import IngestConfig, ingest_hdr
+from relightful.data.pair_plan import PlanConfig, plan_pairs
+from relightful.data.pair_relighting import RollTables, lookup_weights, prepare_subject, relight_pairs
+from relightful.data.render_pairs import RenderConfig, empty_shard, load_envmaps, render_pairs
 from relightful.io import save_tensors, write_hdr
 from relightful.lighting import OlatStack
 from relightful.lightstage import load_olat_set, make_default_rig, write_olat_set

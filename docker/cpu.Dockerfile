@@ -1,7 +1,7 @@
 # CPU image: ghcr.io/relightful/relightful:0.1.0-cpu
 #   docker build -f docker/cpu.Dockerfile -t ghcr.io/relightful/relightful:0.1.0-cpu --build-arg GIT_COMMIT="$(git rev-parse HEAD)" .
 # Runs every pipeline step that needs no GPU, the MLflow server and the schedule Job.
-# The starter set's CC0 maps come from two packages (DESIGN 5; relightful.data.starter). They are fetched here, at
+# The starter set's CC0 maps come from two packages (DESIGN 5; relightful.data.starter_data). They are fetched here, at
 # build time, into the cache the job reads, so that a pod runs `relightful starter-data` with no package index.
 FROM node:22.12.0-bookworm-slim AS starter-npm
 WORKDIR /cache

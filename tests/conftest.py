@@ -83,9 +83,9 @@ def workspace(tmp_path: Path, small_rig: LedRig) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def rendered_pairs(tmp_path_factory, small_rig) -> Path:
     """A small rendered pair set (32×32 pairs of 6 sphere subjects under 12 maps) shared by the model tests."""
-    from relightful.data.envmaps import IngestConfig, ingest_hdr
-    from relightful.data.pairs import RenderConfig, render_pairs
-    from relightful.data.plan import PlanConfig
+    from relightful.data.ingest_hdr import IngestConfig, ingest_hdr
+    from relightful.data.pair_plan import PlanConfig
+    from relightful.data.render_pairs import RenderConfig, render_pairs
 
     root = tmp_path_factory.mktemp("pairs-ws")
     make_maps(root / "hdri", 12)

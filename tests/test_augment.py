@@ -14,8 +14,8 @@ import torch
 
 from conftest import make_maps, micro_model_config
 from relightful.augment import AugmentConfig
-from relightful.augment.plan import plan_natural_pairs, portrait_splits
-from relightful.augment.synthesize import augment_pairs
+from relightful.augment.augment_pairs import augment_pairs
+from relightful.augment.natural_pair_plan import plan_natural_pairs, portrait_splits
 from relightful.cli.augment import add_augment_parsers
 from relightful.io import (InputError, load_tensors, read_ldr, read_matte, read_metadata, srgb_decode, write_ldr,
                            write_matte)
@@ -207,7 +207,7 @@ def test_plan_splits_small_sets_and_never_reuses_the_portraits_own_background():
 
 def test_natural_starter_writes_the_astronaut_with_a_plausible_matte(tmp_path):
     skdata = pytest.importorskip("skimage.data")
-    from relightful.augment.starter import build_natural_starter
+    from relightful.augment.natural_starter import build_natural_starter
 
     make_maps(tmp_path / "hdri", 1, height=32)
     out = tmp_path / "natural"
@@ -247,7 +247,7 @@ def test_training_cache_accepts_augment_output(natural, model_dir, tmp_path):
 def test_relighting_is_what_harmonize_makes_of_that_background(model_dir):
     """At the model's size, a batch of one relit by `Relighter` composites to the Harmonizer's output, byte for byte
     up to rounding: the pairs' inputs are what the inference pipeline makes."""
-    from relightful.augment.synthesize import load_relighter, resolve_sampling
+    from relightful.augment.augment_pairs import load_relighter, resolve_sampling
     from relightful.models.relight_model import read_model_meta
     from relightful.io import srgb_encode, to_uint8
 
@@ -268,7 +268,7 @@ def test_relighting_is_what_harmonize_makes_of_that_background(model_dir):
 
 
 def test_unset_sampling_settings_come_from_the_model_folder():
-    from relightful.augment.synthesize import resolve_sampling
+    from relightful.augment.augment_pairs import resolve_sampling
 
     saved = {"sampling": {"steps": 12, "image_guidance": 1.2}}
     cfg = resolve_sampling(AugmentConfig(lighting_guidance=2.0), saved)

@@ -411,7 +411,7 @@ def test_training_command_parses_with_torchrun_and_the_cli(rendered, overlay, mo
             assert str(p).startswith("/workspace/"), f"{p} is not on the shared workspace"
         assert (str(args.pairs), str(args.out), str(args.run_dir)) == (
             "/workspace/data/pairs", "/workspace/models/stage1", "/workspace/runs/stage1")
-        load_section(ROOT / "params.yaml", "stage1", args.profile)  # the profile exists and has this stage
+        load_section(ROOT / "params.yaml", "train_stage1", args.profile)  # the profile exists and has this stage
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -644,7 +644,7 @@ def test_dockerfile_contract(name):
         index = "https://download.pytorch.org/whl/cpu"
         # the starter set's packages come with the image (the pods run starter-data without a package index),
         # in the cache the job reads and in the version it pins
-        from relightful.data.starter import PMNDRS_VERSION
+        from relightful.data.starter_data import PMNDRS_VERSION
 
         text = DOCKERFILES[name].read_text()
         assert f"npm pack @pmndrs/assets@{PMNDRS_VERSION}" in text and "apt-get download blender-data" in text

@@ -260,7 +260,7 @@ def test_evaluate_scores_natural_pairs_against_the_real_photos(tmp_path: Path, m
     """Natural (stage-3) pairs from `augment` are scored too: the target is the photo, no oracle exists there."""
     from test_augment import CONFIG, _portrait
 
-    from relightful.augment.synthesize import augment_pairs
+    from relightful.augment.augment_pairs import augment_pairs
     from relightful.evaluation import EvalConfig, evaluate_model
 
     portraits, backgrounds = tmp_path / "portraits", tmp_path / "backgrounds"

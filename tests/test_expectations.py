@@ -10,15 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from relightful.data.expectations import (
-    MAX_IDS,
-    ValidationReport,
-    envmap_suite,
-    pair_suite,
-    validate_data,
-    validate_envmaps,
-    validate_pairs,
-)
+from relightful.data.expectations import MAX_IDS, envmap_suite, pair_suite, validate_envmaps, validate_pairs
+from relightful.data.validate_data import validate_data
+from relightful.data.validation_report import ValidationReport
 from relightful.data.schema import ENVMAP_COLUMNS, PAIR_COLUMNS
 from relightful.io import InputError
 

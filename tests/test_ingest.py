@@ -10,7 +10,7 @@ import pytest
 
 from conftest import sun_sky
 from relightful.cli import main
-from relightful.data.envmaps import IngestConfig, ingest_hdr, load_map
+from relightful.data.ingest_hdr import IngestConfig, ingest_hdr, load_map
 from relightful.io import write_hdr
 from relightful.lighting import envmap_to_led_weights, latlong_solid_angles
 

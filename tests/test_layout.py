@@ -1,10 +1,11 @@
 """The layout rules of DESIGN 2, read from the code: no import circles inside the library, dvc stages that depend on
-every library module their command imports (so that no output can go stale when code changes), and kfp components
-named after dvc stages.
+every library module their command imports (so that no output can go stale when code changes), one name per job (the
+dvc stage, its params block and the block its command reads), and kfp components named after dvc stages.
 
 Imports are read with `ast`, lazy ones inside functions included; an import names the module it loads
 (`from relightful.data import shards` is `relightful.data.shards`, `from relightful.data.shards import MANIFEST`
-is `relightful.data.shards`). Nothing here imports the modules it checks, except the CLI parser for its commands.
+is `relightful.data.shards`). Nothing here imports the modules it checks, except the CLI parser for its commands and
+the commands of the dvc stages, run up to the params block they read.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_lazy_and_from_imports_are_edges():
     graph = import_graph()
-    assert "relightful.tracking.models" in graph["relightful.cli.inference"]  # inside cmd_harmonize
+    assert "relightful.tracking.model_uri" in graph["relightful.cli.inference"]  # inside cmd_harmonize
     assert "relightful.data.shards" in graph["relightful.cli.data"]        # at module level
 
 
@@ -147,7 +148,7 @@ def test_no_import_circles():
 
 def test_the_library_never_imports_the_cli():
     for module, imported in import_graph().items():
-        if not _is_cli(module):
+        if not _is_cli(module) and module != "relightful.__main__":  # `python -m relightful` is the CLI's entry
             assert not any(_is_cli(m) for m in imported), f"{module} imports the CLI (DESIGN 2: arrows point down)"
 
 
@@ -219,6 +220,94 @@ def test_dvc_deps_cover_the_code_of_each_stage(stage: str):
 
 def test_synthetic_stage_depends_on_the_whole_light_stage():
     assert "src/relightful/lightstage" in _stages()["synthetic_stage"]["deps"]
+
+
+# --- one name per job: each dvc stage reads the params block of its own name ---------------------------------------
+
+PROFILE = "${profile}."
+SHARED_BLOCKS = {"model", "train"}  # read by the training stages (train_stageN over the shared train block)
+# The other blocks a stage may read besides its own (and the shared ones for training), and why.
+OTHER_BLOCKS = {
+    "validate_data": {"render_pairs.plan.fov_range"},  # the FoV range the pairs were rendered with, not a copy of it
+}
+
+
+def _blocks_read(stage: str) -> set[str]:
+    """The params of the active profile that dvc.yaml lists for `stage`, without the `${profile}.` prefix."""
+    params = [str(p) for p in _stages()[stage].get("params", [])]
+    assert "profile" in params, f"{stage}: depends on the active profile's name"
+    others = [p for p in params if p != "profile"]
+    assert all(p.startswith(PROFILE) for p in others), f"{stage}: params outside the active profile: {others}"
+    return {p[len(PROFILE):] for p in others}
+
+
+def _allowed_blocks(stage: str) -> set[str]:
+    return {stage} | OTHER_BLOCKS.get(stage, set()) | (SHARED_BLOCKS if stage.startswith("train_stage") else set())
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_each_dvc_stage_depends_on_the_params_block_of_its_name(stage: str):
+    read = _blocks_read(stage)
+    assert stage in read, f"dvc.yaml stage {stage} does not depend on ${{profile}}.{stage}"
+    assert read <= _allowed_blocks(stage), \
+        f"{stage} reads {sorted(read - _allowed_blocks(stage))}: name its own block, or say why in OTHER_BLOCKS"
+
+
+def test_each_profile_has_one_block_per_stage():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    profiles = [k for k, v in params.items() if isinstance(v, dict)]
+    assert {"tiny", "gpu", "smoke"} <= set(profiles)
+    for profile in profiles:
+        assert set(params[profile]) == set(_stages()) | SHARED_BLOCKS, \
+            f"params.yaml profile {profile}: blocks {sorted(set(params[profile]) ^ (set(_stages()) | SHARED_BLOCKS))}" \
+            f" are not (or miss) a dvc stage's name"
+
+
+class _BlockRead(Exception):
+    """Raised by the fake `load_section` at the first block the job reads that is not a shared one."""
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_each_job_reads_the_params_block_of_its_stage(stage: str, monkeypatch):
+    """The command of the stage, run with a `load_section` that records the blocks asked for, asks for the block of
+    the stage's name (after the shared ones, for training) before it does anything else."""
+    import relightful.config
+    from relightful.cli import build_parser
+
+    asked = []
+
+    def load_section(path, section, profile=None):
+        asked.append(section)
+        if section in SHARED_BLOCKS:
+            return {}
+        raise _BlockRead(section)
+
+    monkeypatch.setattr(relightful.config, "load_section", load_section)
+    args = build_parser().parse_args(shlex.split(_stages()[stage]["cmd"])[1:])
+    with pytest.raises(_BlockRead):
+        args.func(args)
+    assert asked[-1] == stage and set(asked[:-1]) <= SHARED_BLOCKS, f"{stage}: the job read {asked}"
+
+
+# The library module that holds each job is named after it (`relightful.data.render_pairs`), but for these, and why.
+JOB_MODULES = {
+    "augment": "relightful.augment.augment_pairs",  # relightful.augment.augment would only repeat its package's name
+    "promote": "relightful.tracking.promotion",     # the champion gate, the only job of tracking/
+    **{f"train_stage{n}": "relightful.training.loop" for n in (1, 2, 3)},  # one training loop, the stage a parameter
+}
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_each_job_lives_in_a_module_of_its_name(stage: str):
+    named = [m for m in module_files() if m.rpartition(".")[2] == stage and not _is_cli(m)]
+    module = JOB_MODULES.get(stage)
+    if module is None:
+        assert len(named) == 1, f"{stage}: no library module of its name (or more than one): {named}"
+        module = named[0]
+    else:
+        assert module in module_files(), f"{stage}: {module} (JOB_MODULES) does not exist"
+    argv = shlex.split(_stages()[stage]["cmd"])
+    assert module in command_modules(argv[1]), f"{stage}: `relightful {argv[1]}` does not run {module}"
 
 
 # --- kfp components are named after dvc stages ---------------------------------------------------------------------

@@ -40,11 +40,11 @@ def _floats(x):
 
 def _config_classes():
     from relightful.augment import AugmentConfig
-    from relightful.data.pairs import RenderConfig
+    from relightful.data.render_pairs import RenderConfig
     from relightful.evaluation.config import EvalConfig
     from relightful.models import ModelConfig
 
-    return {"augment": AugmentConfig, "evaluate": EvalConfig, "model": ModelConfig, "render": RenderConfig}
+    return {"augment": AugmentConfig, "evaluate": EvalConfig, "model": ModelConfig, "render_pairs": RenderConfig}
 
 
 # --- compiled YAML ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_pipeline_params_mean_what_params_yaml_means(profile):
 
 
 def test_whole_numbers_only_for_integer_fields():
-    from relightful.data.plan import PlanConfig
+    from relightful.data.pair_plan import PlanConfig
 
     assert from_dict(PlanConfig, {"seed": 3.0}).seed == 3
     with pytest.raises(ValueError, match="seed"):
@@ -191,14 +191,14 @@ def _outputs(task_dir: Path) -> dict:
 
 
 def test_sharded_render_equals_one_run(local_run, tmp_path):
-    from relightful.data.pairs import RenderConfig, render_pairs
+    from relightful.data.render_pairs import RenderConfig, render_pairs
     from relightful.lighting import LedRig
 
     run, _ = local_run
     stage, envmaps = run / "synthetic-stage" / "lightstage", run / "ingest-hdr" / "envmaps"
     parts = sorted(run.glob("for-loop-*/render-pairs-part/part"))
     assert len(parts) == 2 and all(any(p.glob("shard-*.safetensors")) for p in parts)
-    config = load_config(RenderConfig, REPO / "params.yaml", "render", profile="smoke")
+    config = load_config(RenderConfig, REPO / "params.yaml", "render_pairs", profile="smoke")
     single = render_pairs(stage / "subjects", LedRig.from_json(stage / "rig.json"), envmaps, tmp_path / "one", config,
                           progress=False)
     merged = run / "merge-pairs" / "pairs"
@@ -379,7 +379,7 @@ def test_training_component_on_two_ranks(local_run, tmp_path):
                             params=_floats(params), profile=name, track=False, workspace=str(tmp_path / "ws"),
                             run_id="two-ranks", nproc_per_node=2, model=model, metrics=metrics, samples=samples)
     history = json.loads((tmp_path / "ws" / "runs" / "two-ranks" / "stage1" / "history.json").read_text())
-    assert history[-1]["step"] == params["stage1"]["steps"] == metrics.metadata["steps"]
+    assert history[-1]["step"] == params["train_stage1"]["steps"] == metrics.metadata["steps"]
     assert metrics.metadata["loss"] == pytest.approx(history[-1]["loss"])
     assert RelightModel.from_pretrained(tmp_path / "model").config is not None
     assert "data:image/png;base64," in (tmp_path / "s.html").read_text()
@@ -505,8 +505,8 @@ def test_training_across_nodes_as_a_pytorchjob(local_run, tmp_path, monkeypatch)
         latest = stage_dir / "checkpoints" / (stage_dir / "checkpoints" / "latest").read_text().strip()
         state = json.loads((latest / "state.json").read_text())
         assert (latest / "optimizer-rank00001.safetensors").is_file()  # the second pod's rank wrote its shard
-        assert state["world"] == 2 and state["step"] == params["stage1"]["steps"]
-        assert outputs["metrics"].metadata["steps"] == params["stage1"]["steps"]
+        assert state["world"] == 2 and state["step"] == params["train_stage1"]["steps"]
+        assert outputs["metrics"].metadata["steps"] == params["train_stage1"]["steps"]
         assert RelightModel.from_pretrained(tmp_path / "a" / "model").config is not None
 
         step(1, "Run_A", tmp_path / "retry")  # a retried step: no second job, the finished one's model

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from relightful.cli import main
-from relightful.data.envmaps import IngestConfig, ingest_hdr, load_map
-from relightful.data.pairs import RenderConfig, merge_parts, render_pairs
-from relightful.data.plan import PlanConfig
+from relightful.data.ingest_hdr import IngestConfig, ingest_hdr, load_map
+from relightful.data.pair_plan import PlanConfig
+from relightful.data.render_pairs import RenderConfig, merge_parts, render_pairs
 from relightful.io import load_tensors, read_metadata
 from relightful.lighting import envmap_to_led_weights, perspective_crop, relight, rotate_envmap
 from relightful.lightstage import load_olat_set
@@ -151,7 +151,7 @@ def test_only_the_matte_is_relit_and_the_rest_is_zero(tmp_path, small_rig):
     the subject's maximum is 1) and writes 0 where the composite never looks."""
     from conftest import sphere_olat
 
-    from relightful.data.pairs import prepare_subject, relight_pairs
+    from relightful.data.pair_relighting import prepare_subject, relight_pairs
     from relightful.lightstage import write_olat_set
 
     olat, matte = sphere_olat(small_rig, 24)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from relightful.config import apply_overrides, from_dict, load_config, load_section
-from relightful.data.pairs import RenderConfig
-from relightful.data.plan import PlanConfig, plan_pairs, plan_splits
+from relightful.data.pair_plan import PlanConfig, plan_pairs, plan_splits
+from relightful.data.render_pairs import RenderConfig
 from relightful.data.splits import assign_splits, rank_items, source_of, split_counts
-from relightful.data.starter import StarterConfig, starter_map_ids
-from relightful.lightstage.synthetic import SyntheticStageConfig, synthetic_subject_ids
+from relightful.data.starter_data import StarterConfig, starter_map_ids
+from relightful.lightstage.synthetic_stage import SyntheticStageConfig, synthetic_subject_ids
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SPLITS = ("train", "val", "test")
@@ -21,9 +21,9 @@ SPLITS = ("train", "val", "test")
 
 def _profile_ids(profile: str, drop_source: str | None = None) -> tuple[list[str], list[str], PlanConfig]:
     """The subject and map ids a profile's starter-data and synthetic-stage write, and its plan config."""
-    starter = load_config(StarterConfig, PARAMS, "starter", profile=profile)
-    stage = load_config(SyntheticStageConfig, PARAMS, "lightstage", profile=profile)
-    plan = load_config(RenderConfig, PARAMS, "render", profile=profile).plan
+    starter = load_config(StarterConfig, PARAMS, "starter_data", profile=profile)
+    stage = load_config(SyntheticStageConfig, PARAMS, "synthetic_stage", profile=profile)
+    plan = load_config(RenderConfig, PARAMS, "render_pairs", profile=profile).plan
     maps = [m for m in starter_map_ids(starter.sources, starter.n_skies) if source_of(m) != drop_source]
     return synthetic_subject_ids(stage.n_subjects), maps, plan
 
@@ -43,7 +43,7 @@ def test_tiny_profile_test_split_can_tell_methods_apart(drop_source):
     """≥ 3 test subjects, ≥ 6 test maps, ≥ 192 test pairs, ≥ 2 val subjects with ≥ 4 maps, nothing shared with
     train, and train keeps most of the data; also when a whole package source is missing (ingest rejected it)."""
     subjects, maps, config = _profile_ids("tiny", drop_source)
-    assert len(subjects) == load_section(PARAMS, "lightstage", "tiny")["n_subjects"]
+    assert len(subjects) == load_section(PARAMS, "synthetic_stage", "tiny")["n_subjects"]
     summary = _summary(plan_pairs(subjects, maps, config))
     test, val, train = summary["test"], summary["val"], summary["train"]
     assert len(test["subjects"]) >= 3 and len(test["maps"]) >= 6 and test["pairs"] >= 192

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from relightful.data import starter
-from relightful.data.starter import (
+from relightful.data import starter_data
+from relightful.data.starter_data import (
     BLENDER_MAPS,
     PMNDRS_MAPS,
     StarterDataError,
@@ -207,18 +207,18 @@ def test_starter_map_ids_lists_the_maps_written_without_fetching(tmp_path):
 
 def test_map_names_match_the_cached_packages():
     """The pinned package's map names are those `starter_map_ids` assumes (checked when the packages are cached)."""
-    cache = starter.default_cache_dir()
-    tgz = cache / f"pmndrs-assets-{starter.PMNDRS_VERSION}.tgz"
+    cache = starter_data.default_cache_dir()
+    tgz = cache / f"pmndrs-assets-{starter_data.PMNDRS_VERSION}.tgz"
     debs = sorted(cache.glob("blender-data_*.deb"))
     if not tgz.is_file() and not debs:
         pytest.skip(f"no starter packages cached in {cache}")
     if tgz.is_file():
         with tarfile.open(tgz) as tar:
-            names = sorted(m.group(1) for n in tar.getnames() if (m := starter._PMNDRS_MEMBER.search(n)))
+            names = sorted(m.group(1) for n in tar.getnames() if (m := starter_data._PMNDRS_MEMBER.search(n)))
         assert tuple(names) == PMNDRS_MAPS
     if debs and shutil.which("dpkg-deb"):
         listing = subprocess.run(["dpkg-deb", "-c", str(debs[-1])], capture_output=True, text=True, check=True).stdout
-        names = sorted(m.group(1) for line in listing.splitlines() if (m := starter._BLENDER_MEMBER.search(line)))
+        names = sorted(m.group(1) for line in listing.splitlines() if (m := starter_data._BLENDER_MEMBER.search(line)))
         assert tuple(names) == BLENDER_MAPS
 
 
@@ -259,7 +259,7 @@ def test_skies_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_a_failing_sky_keeps_the_ones_written(tmp_path, monkeypatch):
-    real = starter.sky_envmap
+    real = starter_data.sky_envmap
     calls = []
 
     def flaky(*args, **kwargs):
@@ -268,7 +268,7 @@ def test_a_failing_sky_keeps_the_ones_written(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(starter, "sky_envmap", flaky)
+    monkeypatch.setattr(starter_data, "sky_envmap", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         write_skies(tmp_path, 3, 8, progress=False)
     assert sorted(_check_sources(tmp_path)) == ["sky-000.exr"]

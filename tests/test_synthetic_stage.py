@@ -14,7 +14,7 @@ from relightful.lighting import LedRig
 from relightful.lightstage import load_olat_set, make_default_rig
 from relightful.lightstage.raytrace import render_subject
 from relightful.lightstage.subjects import PART_NAMES, SubjectSpec, random_subject, sphere_subject
-from relightful.lightstage.synthetic import subject_seed, write_synthetic_stage
+from relightful.lightstage.synthetic_stage import subject_seed, write_synthetic_stage
 
 SIZE = (48, 48)
 

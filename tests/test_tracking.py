@@ -288,7 +288,7 @@ def _write_params(path: Path, steps: int = 4) -> Path:
              "optim": {"lr": 2e-3, "warmup_steps": 1}, "deepspeed": {"micro_batch": 4}}
     model = {**lists(dataclasses.asdict(micro_model_config())), "residual": True}
     path.write_text(yaml.safe_dump({"profile": "micro", "micro": {"model": model, "train": train,
-                                                                  "stage1": {}}}))
+                                                                  "train_stage1": {}}}))
     return path
 
 
@@ -667,8 +667,8 @@ def test_data_jobs_log_a_run_with_their_config_and_reports(workspace, sqlite_uri
         [client.get_experiment_by_name("relightful").experiment_id])}
     assert sorted(runs) == ["ingest-hdr", "render-pairs"]
     render = runs["render-pairs"]
-    assert render.data.params["render.size"] == "16" and render.data.params["out"] == str(workspace["pairs"])
+    assert render.data.params["render_pairs.size"] == "16" and render.data.params["out"] == str(workspace["pairs"])
     n_pairs = json.loads((workspace["pairs"] / "report.json").read_text())["n_pairs"]
     assert render.data.metrics["n_pairs"] == n_pairs > 0
     assert [f.path for f in client.list_artifacts(render.info.run_id, "reports")] == ["reports/report.json"]
-    assert runs["ingest-hdr"].data.params["envmaps.height"] == "16"
+    assert runs["ingest-hdr"].data.params["ingest_hdr.height"] == "16"

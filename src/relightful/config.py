@@ -1,7 +1,7 @@
 """Typed configs from `params.yaml`: a profile's section becomes a (nested) dataclass; unknown keys are errors.
 
-`params.yaml` holds `profile: <name>` and one block per profile; `load_section(path, "render")` reads
-`<profile>.render`. Overrides use dotted keys, as `dvc exp run -S` does: `plan.seed=3`.
+`params.yaml` holds `profile: <name>` and one block per profile; `load_section(path, "render_pairs")` reads
+`<profile>.render_pairs`. Overrides use dotted keys, as `dvc exp run -S` does: `plan.seed=3`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def deep_merge(base: dict, top: dict) -> dict:
-    """`base` with `top` over it, nested mappings merged key by key (a profile's `train` block under `stageN`)."""
+    """`base` with `top` over it, nested mappings merged key by key (a profile's `train` block under `train_stageN`)."""
     out = dict(base)
     for key, value in top.items():
         out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value

@@ -1,11 +1,12 @@
 """The `relightful` command: every job of the workflow is a sub-command.
 
-Each sub-command reads its section of `params.yaml` (`--params`, active profile or `--profile`), accepts
+Each sub-command reads the block of its name in `params.yaml` (`--params`, active profile or `--profile`), accepts
 `--set key=value` overrides, and exits 0 only on success: 1 when input was rejected or a job failed, 2 on usage
 errors.
 
-One module per group of jobs (`data`, `training`, `inference`, `augment`, `registry`, `evaluation`), each importing
-the leaf `common` (the job error, the params options, config loading); `hooks` is the MLflow tracking around jobs.
+One module per group of jobs (`data`, `training`, `inference`, `serving`, `augment`, `registry`, `evaluation`), each
+importing the leaf `common` (the job error, the params and model options, config loading); `hooks` is the MLflow
+tracking around jobs.
 """
 
 from __future__ import annotations
@@ -21,19 +22,31 @@ from relightful.cli.evaluation import add_evaluate_parser
 from relightful.cli.hooks import DATA_JOBS, track_job
 from relightful.cli.inference import add_inference_parsers
 from relightful.cli.registry import add_registry_parsers
+from relightful.cli.serving import add_serving_parser
 from relightful.cli.training import add_train_parser
 from relightful.io.errors import InputError
 
 log = logging.getLogger("relightful")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relightful")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relightful", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_parsers(sub)
     add_train_parser(sub)
     add_inference_parsers(sub)
+    add_serving_parser(sub)
     add_augment_parsers(sub)
     add_registry_parsers(sub)
     add_evaluate_parser(sub)

@@ -11,8 +11,8 @@ from relightful.cli.common import JobFailed, add_params, job_config
 
 def cmd_augment(args: argparse.Namespace) -> None:
     from relightful.augment import AugmentConfig
-    from relightful.augment.synthesize import augment_pairs
-    from relightful.tracking.models import resolve_model
+    from relightful.augment.augment_pairs import augment_pairs
+    from relightful.tracking.model_uri import resolve_model
 
     cfg = job_config(AugmentConfig, args, "augment")
     result = augment_pairs(args.portraits, args.backgrounds, args.model, args.out, cfg, progress=not args.quiet,
@@ -33,7 +33,7 @@ def cmd_augment(args: argparse.Namespace) -> None:
 
 def cmd_natural_starter(args: argparse.Namespace) -> None:
     from relightful.augment import NaturalStarterConfig
-    from relightful.augment.starter import NaturalStarterError, build_natural_starter
+    from relightful.augment.natural_starter import NaturalStarterError, build_natural_starter
 
     cfg = job_config(NaturalStarterConfig, args, "natural_starter")
     try:

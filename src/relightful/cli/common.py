@@ -25,6 +25,21 @@ def add_params(p: argparse.ArgumentParser) -> None:
                         "is not 0; URI from MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """`--model` and `--device`, for the commands that run a trained model."""
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model folder, or an MLflow URI such as models:/relightful-stage3@champion")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
+
+
 def job_config(cls, args: argparse.Namespace, section: str):
     """The job's `section` of params.yaml (with `--set` overrides) as a `cls`; kept on `args` for its MLflow run."""
     from relightful.config import load_config
@@ -34,4 +49,4 @@ def job_config(cls, args: argparse.Namespace, section: str):
     return cfg
 
 
-__all__ = ["JobFailed", "add_params", "job_config"]
+__all__ = ["JobFailed", "add_model_options", "add_params", "job_config", "positive_int"]

@@ -12,9 +12,9 @@ from relightful.data.shards import MANIFEST
 
 
 def cmd_starter_data(args) -> None:
-    from relightful.data.starter import StarterConfig, StarterDataError, build_starter_set
+    from relightful.data.starter_data import StarterConfig, StarterDataError, build_starter_set
 
-    cfg = job_config(StarterConfig, args, "starter")
+    cfg = job_config(StarterConfig, args, "starter_data")
     try:
         entries = build_starter_set(args.out, cfg.sources, cfg.n_skies, cfg.sky_height, cfg.seed,
                                     progress=not args.quiet)
@@ -24,18 +24,18 @@ def cmd_starter_data(args) -> None:
 
 
 def cmd_synthetic_stage(args) -> None:
-    from relightful.lightstage.synthetic import SyntheticStageConfig, build_synthetic_stage
+    from relightful.lightstage.synthetic_stage import SyntheticStageConfig, build_synthetic_stage
 
-    cfg = job_config(SyntheticStageConfig, args, "lightstage")
+    cfg = job_config(SyntheticStageConfig, args, "synthetic_stage")
     ids = build_synthetic_stage(args.out, cfg, progress=not args.quiet)
     print(f"synthetic-stage: {len(ids)} subjects, {cfg.n_leds} LEDs -> {args.out}")
 
 
 def cmd_ingest_hdr(args) -> None:
-    from relightful.data.envmaps import IngestConfig, ingest_hdr
+    from relightful.data.ingest_hdr import IngestConfig, ingest_hdr
     from relightful.lighting import LedRig
 
-    cfg = job_config(IngestConfig, args, "envmaps")
+    cfg = job_config(IngestConfig, args, "ingest_hdr")
     manifest = ingest_hdr(args.input, args.output, LedRig.from_json(args.rig), cfg, progress=not args.quiet)
     rejected = manifest[manifest.status == "rejected"]
     print(f"ingest-hdr: {len(manifest) - len(rejected)} maps accepted, {len(rejected)} rejected -> {args.output}")
@@ -46,10 +46,10 @@ def cmd_ingest_hdr(args) -> None:
 
 
 def cmd_render_pairs(args) -> None:
-    from relightful.data.pairs import RenderConfig, merge_parts, render_pairs
+    from relightful.data.render_pairs import RenderConfig, merge_parts, render_pairs
     from relightful.lighting import LedRig
 
-    cfg = job_config(RenderConfig, args, "render")
+    cfg = job_config(RenderConfig, args, "render_pairs")
     rig = LedRig.from_json(args.rig)
     if args.merge:
         manifest = merge_parts(args.subjects, rig, args.envmaps, args.out, cfg, args.num_shards)
@@ -69,11 +69,12 @@ def cmd_render_pairs(args) -> None:
 
 def cmd_validate_data(args) -> None:
     from relightful.config import load_config
-    from relightful.data.expectations import ValidationConfig, validate_data
-    from relightful.data.pairs import RenderConfig
+    from relightful.data.render_pairs import RenderConfig
+    from relightful.data.validate_data import ValidationConfig, validate_data
 
-    cfg = job_config(ValidationConfig, args, "validate")
-    render = load_config(RenderConfig, args.params, "render", profile=args.profile) if args.params else RenderConfig()
+    cfg = job_config(ValidationConfig, args, "validate_data")
+    render = (load_config(RenderConfig, args.params, "render_pairs", profile=args.profile) if args.params
+              else RenderConfig())  # the FoV range the pairs were rendered with
     report = validate_data(args.envmaps, args.pairs, args.report, render.plan.fov_range, cfg.matte_coverage_range)
     print(report.to_markdown())
     if not report.success:

@@ -13,7 +13,7 @@ from relightful.cli.hooks import start_tracking, track_evaluation
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from relightful.data.shards import MANIFEST
     from relightful.evaluation import EvalConfig, evaluate_model
-    from relightful.tracking.models import resolve_model
+    from relightful.tracking.model_uri import resolve_model
 
     cfg = job_config(EvalConfig, args, "evaluate")
     compare = parse_compare(args.compare)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from relightful.cli.common import add_model_options, positive_int
 from relightful.io.errors import InputError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,700×5,200 photo; its decoded copies take a few GB
@@ -26,7 +27,7 @@ def cmd_harmonize(args: argparse.Namespace) -> None:
         raise InputError(args.matte, f"the matte is {matte.shape[1]}x{matte.shape[0]} but the foreground {args.fg} "
                                      f"is {fg.shape[1]}x{fg.shape[0]}: they must have the same size")
     from relightful.models.harmonizer import Harmonizer
-    from relightful.tracking.models import resolve_model
+    from relightful.tracking.model_uri import resolve_model
 
     harmonizer = Harmonizer.from_pretrained(resolve_model(args.model), device=args.device)
     out = harmonizer(to_uint8(fg), matte, to_uint8(bg), steps=args.steps, seed=args.seed,
@@ -75,37 +76,28 @@ def cmd_fetch_weights(args: argparse.Namespace) -> None:
         print(f"fetch-weights: {path.name} ({licence}, sha256 verified) -> {path}")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
 def add_inference_parsers(subparsers) -> argparse.ArgumentParser:
     """Add `harmonize`, `matte` and `fetch-weights` to `relightful`'s sub-parsers; returns harmonize's parser."""
     p = subparsers.add_parser("harmonize", help="relight a portrait (foreground + matte) to match a new background",
                               description="Relight the foreground to the background's lighting and composite it. "
                                           "OUT has the foreground's size; background pixels are the input "
                                           "background, resized to cover and centre-cropped.")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="model folder, or an MLflow URI such as models:/relightful-stage3@champion")
+    add_model_options(p)
     p.add_argument("--fg", type=Path, required=True, metavar="FG.png", help="foreground portrait (8/16-bit image)")
     p.add_argument("--matte", type=Path, default=None, metavar="MATTE.png",
                    help="alpha matte, same size as --fg (grey or RGBA alpha); without it the person segmenter mattes "
                         "the portrait (weights from `relightful fetch-weights`)")
     p.add_argument("--bg", type=Path, required=True, metavar="BG.jpg", help="background photo, any size")
     p.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="output image (8-bit sRGB; PNG keeps it lossless)")
-    p.add_argument("--steps", type=_positive, default=None, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="sampler steps (default: the model's, as trained; else 20)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed: same seed, same output")
     p.add_argument("--image-guidance", type=float, default=None, metavar="X",
                    help="image guidance scale (default: the model's; else 1.5)")
     p.add_argument("--lighting-guidance", type=float, default=None, metavar="Y",
                    help="lighting guidance scale (default: the model's; else 3.0)")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse an input image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harmonize)
 
@@ -117,7 +109,7 @@ def add_inference_parsers(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--method", choices=("segmenter", "isnet", "grabcut"), default="segmenter",
                    help="segmenter (MediaPipe's, the default), isnet (finer edges, keeps what the person holds; "
                         "`fetch-weights --isnet`) or grabcut (needs no weights)")
-    m.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+    m.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse an image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     m.set_defaults(func=cmd_matte)
 

@@ -18,8 +18,8 @@ CANNOT_DECIDE = 3  # retrain-check's exit status when the data version or the re
 
 def cmd_retrain_check(args: argparse.Namespace) -> int:
     from relightful.tracking.lineage import data_version
+    from relightful.tracking.model_uri import default_tracking_uri
     from relightful.tracking.retrain import champion_version, decide_retrain
-    from relightful.tracking.models import default_tracking_uri
     from relightful.tracking.runs import TrackingError, make_client, tracking_errors
 
     uri = default_tracking_uri()
@@ -66,8 +66,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 def _version_of_folder(model_dir: Path, name: str) -> str:
     """The version of `name` registered from the model folder `model_dir` (matched by the digest of its files)."""
+    from relightful.tracking.model_uri import default_tracking_uri
     from relightful.tracking.registry import find_version_of_folder
-    from relightful.tracking.models import default_tracking_uri
     from relightful.tracking.runs import make_client, tracking_errors
 
     if not Path(model_dir).is_dir():

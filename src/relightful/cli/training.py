@@ -20,8 +20,9 @@ def cmd_train(args) -> None:
     model_over = [o[len("model."):] for o in args.overrides if o.startswith("model.")]
     train_over = [o for o in args.overrides if not o.startswith("model.")]
     model_cfg = from_dict(ModelConfig, apply_overrides(section("model"), model_over), "model")
-    stage_values = deep_merge(section("train"), section(f"stage{args.stage}") if args.params else {})
-    train_cfg = from_dict(TrainConfig, apply_overrides(stage_values, train_over), f"stage{args.stage}")
+    block = f"train_stage{args.stage}"  # the dvc stage's name, over the shared `train` block
+    stage_values = deep_merge(section("train"), section(block) if args.params else {})
+    train_cfg = from_dict(TrainConfig, apply_overrides(stage_values, train_over), block)
     if args.stage > 1 and args.init is None:
         raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
     out = args.out or Path(f"models/stage{args.stage}")

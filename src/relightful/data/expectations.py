@@ -12,33 +12,29 @@ those. Rules that only apply to some rows (``status == "ok"``) use GE row condit
 
 great_expectations takes about 2 s to import and is chatty (progress bars, logs, deprecation warnings), so it is
 imported lazily inside the functions and silenced; one ephemeral context is built per process and reused.
+
+Here: the suites, the derived columns and the translation of GE's results into a report (validation_report.py);
+the `validate-data` job that reads the manifests and writes the report is validate_data.py.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import numbers
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from relightful.data.schema import ENVMAP_COLUMNS, PAIR_COLUMNS, SPLITS
-from relightful.data.shards import read_manifest
-from relightful.io import atomic_write_text
+from relightful.data.validation_report import ENVMAPS, PAIRS, CheckResult, ValidationReport
 
 MAX_IDS = 20  # failing row ids kept per check (the total count is always kept)
 _BIG = sys.float_info.max  # "finite" = between -_BIG and _BIG, plus not null (GE counts NaN as missing, not failing)
-
-ENVMAPS = "envmaps"
-PAIRS = "pairs"
 
 # Derived columns (computed in pandas before validation; not part of the manifests).
 ASPECT = "aspect_ratio"  # width / height
@@ -55,114 +51,6 @@ _CONTEXT = {
     ENV_A_STATUS: "env_a",
     ENV_B_STATUS: "env_b",
 }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The report
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of one expectation: which rule, on which column, and which rows broke it."""
-
-    table: str  # "envmaps" | "pairs"
-    expectation: str  # GE expectation type, e.g. "expect_column_values_to_be_between"
-    column: str | None  # the column checked ("a, b" for multi-column checks, None for table checks)
-    description: str  # the rule in words
-    success: bool
-    unexpected_count: int = 0  # how many rows broke the rule (all of them, not only the ids listed)
-    failing_ids: tuple[str, ...] = ()  # ids of the first MAX_IDS failing rows
-    failing_values: tuple[str, ...] = ()  # what was wrong in each of those rows, same order
-    observed: str | None = None  # for table-level checks: what was seen
-    error: str | None = None  # the check could not be evaluated (e.g. a missing column)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "expectation": self.expectation,
-            "column": self.column,
-            "description": self.description,
-            "success": self.success,
-            "unexpected_count": self.unexpected_count,
-            "failing_ids": list(self.failing_ids),
-            "failing_values": list(self.failing_values),
-            "observed": self.observed,
-            "error": self.error,
-        }
-
-    def summary(self) -> str:
-        """One line for humans: the rule, and the rows that break it."""
-        head = f"[{self.table}] {self.description}"
-        if self.success:
-            return head
-        if self.error:
-            return f"{head}: not evaluated: {self.error}"
-        if not self.failing_ids:
-            return f"{head}: failed" + (f" (observed: {self.observed})" if self.observed else "")
-        rows = ", ".join(f"`{i}` ({v})" if v else f"`{i}`" for i, v in zip(self.failing_ids, self.failing_values))
-        more = self.unexpected_count - len(self.failing_ids)
-        noun = "row" if self.unexpected_count == 1 else "rows"
-        return f"{head}: {self.unexpected_count} {noun} failing: {rows}" + (f" and {more} more" if more > 0 else "")
-
-
-@dataclass
-class ValidationReport:
-    """All checks of one validation run; `success` only if every check passed."""
-
-    success: bool
-    results: list[CheckResult] = field(default_factory=list)
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> {"rows": n, "source": path | None}
-
-    @property
-    def failures(self) -> list[CheckResult]:
-        return [r for r in self.results if not r.success]
-
-    @classmethod
-    def combine(cls, *reports: ValidationReport) -> ValidationReport:
-        """One report out of several (e.g. envmaps + pairs)."""
-        results = [r for rep in reports for r in rep.results]
-        tables = {k: v for rep in reports for k, v in rep.tables.items()}
-        return cls(success=all(rep.success for rep in reports), results=results, tables=tables)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "success": self.success,
-            "checks": len(self.results),
-            "failed": len(self.failures),
-            "tables": self.tables,
-            "failures": [r.to_dict() for r in self.failures],
-            "results": [r.to_dict() for r in self.results],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-    def to_markdown(self) -> str:
-        n, bad = len(self.results), len(self.failures)
-        verdict = "PASSED" if self.success else "FAILED"
-        lines = [f"# Data validation: {verdict} ({n - bad} of {n} checks passed)", ""]
-        if self.tables:
-            lines += ["| table | rows | source |", "|---|---|---|"]
-            lines += [f"| {t} | {i.get('rows')} | {i.get('source') or '-'} |" for t, i in self.tables.items()]
-            lines.append("")
-        if bad:
-            lines += [f"## Failed checks ({bad})", ""]
-            lines += [f"- {r.summary()}" for r in self.failures]
-            lines.append("")
-        passed = [r for r in self.results if r.success]
-        if passed:
-            lines += [f"## Passed checks ({len(passed)})", ""]
-            lines += [f"- {r.summary()}" for r in passed]
-            lines.append("")
-        return "\n".join(lines)
-
-    def write(self, path: str | Path) -> Path:
-        """Write the JSON report to `path` and the markdown next to it (same name, `.md`), each atomically."""
-        path = Path(path)
-        atomic_write_text(path, self.to_json())
-        md = path.with_suffix(".md") if path.suffix != ".md" else path.with_name(path.name + ".md")
-        atomic_write_text(md, self.to_markdown())
-        return path
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -491,45 +379,4 @@ def validate_pairs(
     return _run(PAIRS, suite, derived, "pair_id", context_cols=("subject_id", "env_a", "env_b"))
 
 
-@dataclass(frozen=True)
-class ValidationConfig:
-    """The `validate` section of params.yaml (the FoV range comes from the render section)."""
-
-    matte_coverage_range: tuple[float, float] = (0.05, 0.95)
-
-
-def validate_data(
-    envmap_manifest: str | Path | None,
-    pair_manifest: str | Path | None,
-    report_path: str | Path,
-    fov_range: Sequence[float],
-    matte_coverage_range: Sequence[float],
-) -> ValidationReport:
-    """Validate the manifests that are given, write the JSON report (and `.md` next to it) atomically, return it.
-
-    When both are given, pairs are also checked to use only maps the envmap manifest accepted.
-    `report.success` is False if any check failed; the caller decides the exit status.
-    """
-    if envmap_manifest is None and pair_manifest is None:
-        raise ValueError("validate_data: give at least one of envmap_manifest, pair_manifest")
-    reports = []
-    envmaps = None
-    if envmap_manifest is not None:
-        envmaps = read_manifest(envmap_manifest)
-        rep = validate_envmaps(envmaps)
-        rep.tables[ENVMAPS]["source"] = str(envmap_manifest)
-        reports.append(rep)
-    if pair_manifest is not None:
-        pairs = read_manifest(pair_manifest)
-        rep = validate_pairs(pairs, fov_range, matte_coverage_range, envmaps=envmaps)
-        rep.tables[PAIRS]["source"] = str(pair_manifest)
-        reports.append(rep)
-    report = ValidationReport.combine(*reports)
-    report.write(report_path)
-    return report
-
-
-__all__ = [
-    "CheckResult", "MAX_IDS", "ValidationConfig", "ValidationReport", "envmap_suite", "pair_suite", "validate_data",
-    "validate_envmaps", "validate_pairs",
-]
+__all__ = ["MAX_IDS", "envmap_suite", "pair_suite", "validate_envmaps", "validate_pairs"]

@@ -2,7 +2,7 @@
 
 A pair folder (`relightful render-pairs`, `relightful augment`) holds:
 
-    shard-00000.safetensors    fixed-size tensors of many pairs (x_a, x_b, y_b, matte, ...; data/pairs.py)
+    shard-00000.safetensors    fixed-size tensors of many pairs (x_a, x_b, y_b, matte, ...; data/render_pairs.py)
     envmaps.safetensors        light-stage pairs only: each map used, once, "<map_id>" (h, 2h, 3) float16 linear,
                                unrotated; z_b of a pair is `pair_panorama(envmaps[env_b], row)`
     manifest.parquet           one row per pair (columns: data/schema.py), written last: its presence means the

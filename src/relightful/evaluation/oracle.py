@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from relightful.data.pairs import SubjectCache, relight_pairs
+from relightful.data.pair_relighting import SubjectCache, relight_pairs
 from relightful.lighting import LedRig
 
 

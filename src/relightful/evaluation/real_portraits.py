@@ -13,11 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from relightful.augment.portraits import scan_backgrounds, scan_portraits
 from relightful.evaluation.report import label_strip
-from relightful.io import read_ldr, read_matte, srgb_decode_8bit, srgb_encode, to_uint8
+from relightful.io import read_ldr, read_matte, to_uint8
+from relightful.models.compositing import paste
 
 CELL_HEIGHT = 128   # display height of each image in real.png (the results themselves are full resolution)
 CELLS_PER_ROW = 6   # (paste | result) pairs per row
@@ -28,16 +28,6 @@ class RealScenario:
     cells: list[dict] = field(default_factory=list)    # {"portrait", "background", "paste", "result"} uint8
     skipped: dict[str, str] = field(default_factory=dict)
     shape: dict[str, tuple[int, int]] = field(default_factory=dict)  # portrait -> (H, W) of its results
-
-
-def paste(fg8: np.ndarray, matte: np.ndarray, bg8: np.ndarray) -> np.ndarray:
-    """The portrait composited unchanged over the cover-resized background, in linear light (as the model does)."""
-    from relightful.models.compositing import cover_resize
-
-    bg = srgb_decode_8bit(cover_resize(bg8, fg8.shape[:2]))
-    fg = srgb_decode_8bit(fg8)
-    m = torch.from_numpy(matte)[..., None]
-    return to_uint8(srgb_encode(m * fg + (1 - m) * bg))
 
 
 def harmonise_all(harmonizer, portraits_dir: str | Path, backgrounds_dir: str | Path, seed: int = 0) -> RealScenario:

@@ -21,40 +21,59 @@ HDR_SUFFIXES = (".exr", ".hdr")
 LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise InputError(path, "file is empty")
-    image = cv2.imdecode(data, flags)
+Source = str | Path | bytes  # a file, or an image file's bytes (an upload)
+
+
+def _name(source: Source, name: str | None) -> str | Path:
+    """What messages call the image: its path, or the name an upload was given."""
+    return name or (Path(source) if not isinstance(source, bytes) else "image")
+
+
+def _read(source: Source, name: str | None) -> bytes:
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(path, "file not found")
+        data = path.read_bytes()
+    if not data:
+        raise InputError(_name(source, name), "file is empty")
+    return data
+
+
+def _decode(source: Source, flags: int, name: str | None = None) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(_read(source, name), dtype=np.uint8), flags)
     if image is None:
-        raise InputError(path, "cannot decode image (truncated, corrupt or unsupported format)")
+        raise InputError(_name(source, name), "cannot decode image (truncated, corrupt or unsupported format)")
     return image
 
 
-def check_pixels(path: str | Path, max_pixels: int) -> tuple[int, int]:
-    """(width, height) of an image file from its header, without decoding the pixels; `InputError` when it holds
-    more than `max_pixels`, so an oversized upload is refused before it takes the memory of its decoded copies."""
+def check_pixels(source: Source, max_pixels: int, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file (path or bytes) from its header, without decoding the pixels; `InputError`
+    when it holds more than `max_pixels`, so an oversized upload is refused before it takes the memory of its
+    decoded copies."""
+    import io
     import warnings
 
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    label = _name(source, name)
+    data = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    if not isinstance(source, bytes) and not data.is_file():
+        raise InputError(label, "file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(data) as image:
                 width, height = image.size
     except Image.DecompressionBombError:  # over twice Pillow's own limit (about 179 MP)
-        raise InputError(path, f"over the limit of {max_pixels / 1e6:g} MP (--max-pixels)") from None
+        raise InputError(label, f"over the limit of {max_pixels / 1e6:g} MP (--max-pixels)") from None
     except (OSError, ValueError, SyntaxError):
-        raise InputError(path, "cannot decode image (truncated, corrupt or unsupported format)") from None
+        raise InputError(label, "cannot decode image (truncated, corrupt or unsupported format)") from None
     if width * height > max_pixels:
-        raise InputError(path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of "
-                               f"{max_pixels / 1e6:g} MP (--max-pixels)")
+        raise InputError(label, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of "
+                                f"{max_pixels / 1e6:g} MP (--max-pixels)")
     return width, height
 
 
@@ -99,14 +118,15 @@ def write_hdr(path: str | Path, image) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def read_ldr(path: str | Path) -> np.ndarray:
-    """Read an 8- or 16-bit image as float32 (H, W, 3) display values in [0, 1] (sRGB, not linearised)."""
-    path = Path(path)
-    image = _decode(path, cv2.IMREAD_UNCHANGED)
+def read_ldr(source: Source, name: str | None = None) -> np.ndarray:
+    """Read an 8- or 16-bit image (a path, or a file's bytes called `name`) as float32 (H, W, 3) display values in
+    [0, 1] (sRGB, not linearised)."""
+    image = _decode(source, cv2.IMREAD_UNCHANGED, name)
     if image.dtype not in (np.uint8, np.uint16):
-        raise InputError(path, f"expected an 8- or 16-bit image, got {image.dtype}")
+        raise InputError(_name(source, name), f"expected an 8- or 16-bit image, got {image.dtype}")
     scale = 255.0 if image.dtype == np.uint8 else 65535.0
-    return np.ascontiguousarray(_to_rgb(image, path)[..., :3], dtype=np.float32) / np.float32(scale)
+    rgb = _to_rgb(image, _name(source, name))[..., :3]
+    return np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)
 
 
 def write_ldr(path: str | Path, image, bits: int = 8) -> None:
@@ -127,12 +147,12 @@ def write_ldr(path: str | Path, image, bits: int = 8) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def read_matte(path: str | Path) -> np.ndarray:
-    """Read an alpha matte (8/16-bit grey, or the alpha channel of RGBA) as float32 (H, W) in [0, 1]."""
-    path = Path(path)
-    image = _decode(path, cv2.IMREAD_UNCHANGED)
+def read_matte(source: Source, name: str | None = None) -> np.ndarray:
+    """Read an alpha matte (8/16-bit grey, or the alpha channel of RGBA; a path, or a file's bytes called `name`)
+    as float32 (H, W) in [0, 1]."""
+    image = _decode(source, cv2.IMREAD_UNCHANGED, name)
     if image.dtype not in (np.uint8, np.uint16):
-        raise InputError(path, f"expected an 8- or 16-bit matte, got {image.dtype}")
+        raise InputError(_name(source, name), f"expected an 8- or 16-bit matte, got {image.dtype}")
     if image.ndim == 3:
         image = image[..., 3] if image.shape[2] == 4 else image[..., 0]
     scale = 255.0 if image.dtype == np.uint8 else 65535.0

@@ -1,6 +1,7 @@
 """The geometry and the gain field of inference (steps 1, 2 and 4 of harmonizer.py): cover-resizing the background,
 the square canvas, resizing in linear light, and the smooth gain that carries a relighting over to the input's
-pixels. Also used by training (the shading loss) and evaluation (the oracle bound, the real-portrait grid)."""
+pixels; and the plain paste the results are shown beside. Also used by training (the shading loss), evaluation (the
+oracle bound, the real-portrait grid) and serving (the page's paste | result)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from relightful.io import srgb_decode_8bit, srgb_encode, to_uint8
 
 
 def _cover_scaled(bg: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
@@ -26,6 +29,14 @@ def cover_resize(bg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize `bg` (H', W', 3) to cover `size` = (H, W) and centre-crop: the background pixels of the output."""
     scaled, top, left = _cover_scaled(bg, *size)
     return np.ascontiguousarray(scaled[top:top + size[0], left:left + size[1]])
+
+
+def paste(fg8: np.ndarray, matte: np.ndarray, bg8: np.ndarray) -> np.ndarray:
+    """The portrait composited unchanged over the cover-resized background, in linear light (as the model does)."""
+    bg = srgb_decode_8bit(cover_resize(bg8, fg8.shape[:2]))
+    fg = srgb_decode_8bit(fg8)
+    m = torch.from_numpy(np.asarray(matte, np.float32))[..., None]
+    return to_uint8(srgb_encode(m * fg + (1 - m) * bg))
 
 
 def cover_canvas(bg: np.ndarray, size: tuple[int, int], side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,11 +2,11 @@
 imports mlflow (always lazily, inside functions, so the rest of the library and the CLI start without it).
 
 Modules: `runs` (one run per job), `registry` (stage models as registered versions), `lineage` (data version and
-git commit), `jobs` (what each job logs), `retrain` (retrain-or-not), `promotion` (the champion gate), `models`
-(`--model` resolution), `s3` (checksummed object transfers)."""
+git commit), `jobs` (what each job logs), `retrain` (retrain-or-not), `promotion` (the champion gate),
+`model_uri` (`--model` resolution), `s3` (checksummed object transfers)."""
 
 from relightful.tracking.lineage import DataVersion, data_version, git_commit
-from relightful.tracking.models import default_tracking_uri, is_model_uri, resolve_model
+from relightful.tracking.model_uri import default_tracking_uri, is_model_uri, resolve_model
 from relightful.tracking.registry import RegisteredVersion, register_stage_model, stage_model_name
 from relightful.tracking.runs import RunTracker, TrackingError
 

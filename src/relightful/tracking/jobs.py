@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from relightful.tracking.lineage import data_version, git_commit
-from relightful.tracking.models import default_tracking_uri
+from relightful.tracking.model_uri import default_tracking_uri
 from relightful.tracking.registry import RegisteredVersion, register_stage_model
 from relightful.tracking.runs import RunTracker, make_client, tracking_errors
 
@@ -71,7 +71,7 @@ def log_job(command: str, params: Mapping[str, Any], reports: list[Path], uri: s
 def _candidate_version(client, model: str):
     """The registered version `model` refers to: an MLflow `models:/name/N` or `models:/name@alias` URI, or a
     local folder found by its digest among the stage models; None when it was never registered."""
-    from relightful.tracking.models import is_model_uri
+    from relightful.tracking.model_uri import is_model_uri
     from relightful.tracking.registry import find_version_of_folder, stage_model_name
 
     if is_model_uri(model):

@@ -86,7 +86,7 @@ def latest_version(client, name: str) -> str:
 def promote(name: str, score: Scorer, config: PromoteConfig, version: str | int | None = None,
             uri: str | None = None, client=None, max_rounds: int = 5) -> PromotionResult:
     """Run the gate for `version` of `name` (default: its latest version); see the module docstring."""
-    from relightful.tracking.models import default_tracking_uri
+    from relightful.tracking.model_uri import default_tracking_uri
     from relightful.tracking.runs import make_client, tracking_errors
 
     uri = uri or default_tracking_uri()
@@ -154,7 +154,7 @@ def _newer_promotions(client, name: str, cand: str, started: float) -> str | Non
 
 def _score(client, uri: str, name: str, version: str, score: Scorer, metric: str) -> dict[str, float]:
     """Download `name` version `version` to a temporary folder and score it."""
-    from relightful.tracking.models import resolve_model
+    from relightful.tracking.model_uri import resolve_model
 
     with tempfile.TemporaryDirectory(prefix="relightful-promote-") as tmp:
         folder = resolve_model(f"models:/{name}/{version}", tracking_uri=uri, dst=tmp)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from relightful.io.digest import folder_digest
 from relightful.io.errors import InputError
-from relightful.tracking.models import CONFIG_FILE
+from relightful.tracking.model_uri import CONFIG_FILE
 from relightful.tracking.runs import RunTracker, tracking_errors
 
 MODEL_ARTIFACT = "model"

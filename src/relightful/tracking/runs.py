@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from relightful.tracking.models import default_tracking_uri
+from relightful.tracking.model_uri import default_tracking_uri
 
 log = logging.getLogger(__name__)
 

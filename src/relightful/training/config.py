@@ -1,5 +1,5 @@
 """Typed training configs. params.yaml holds `<profile>.model` (the architecture), `<profile>.train` (shared by
-the three stages) and `<profile>.stageN` (what differs per stage: steps, learning rate, ...)."""
+the three stages) and `<profile>.train_stageN` (what differs per stage: steps, learning rate, ...)."""
 
 from __future__ import annotations
 

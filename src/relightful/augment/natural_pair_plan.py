@@ -1,6 +1,6 @@
 """The natural-pair plan: which background each pair relights its portrait to, its split, its shard.
 
-A pure function of the portrait ids, background ids and the config, like the light-stage plan (data/plan.py).
+A pure function of the portrait ids, background ids and the config, like the light-stage plan (data/pair_plan.py).
 Splits are by portrait, so a photo (the target) is never in two splits. Backgrounds are shared by all splits: a
 background only sets the lighting the input subject is relit to; it appears neither in the composite (whose
 background is the photo's own) nor in the target, so sharing it leaks nothing about held-out targets.

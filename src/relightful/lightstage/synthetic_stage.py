@@ -20,7 +20,7 @@ from relightful.io.atomic import atomic_write_text
 from relightful.lighting.rig import LedRig
 from relightful.lightstage.format import write_olat_set
 from relightful.lightstage.raytrace import render_subject
-from relightful.lightstage.rigs import make_default_rig
+from relightful.lightstage.default_rig import make_default_rig
 from relightful.lightstage.subjects import random_subject
 
 
@@ -36,7 +36,7 @@ def synthetic_subject_ids(n_subjects: int) -> list[str]:
 
 @dataclass(frozen=True)
 class SyntheticStageConfig:
-    """The `lightstage` section of params.yaml: the rig and the procedural subjects."""
+    """The `synthetic_stage` block of params.yaml: the rig and the procedural subjects."""
 
     n_subjects: int = 10
     size: int = 128

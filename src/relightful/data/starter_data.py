@@ -72,7 +72,7 @@ _DATA_URL = re.compile(rb"data:[^;,'\"]*;base64,([A-Za-z0-9+/=\s]+)")
 
 @dataclasses.dataclass(frozen=True)
 class StarterConfig:
-    """The `starter` section of params.yaml."""
+    """The `starter_data` block of params.yaml."""
 
     sources: tuple[str, ...] = DEFAULT_SOURCES
     n_skies: int = 32

@@ -6,7 +6,7 @@ that relit subject R, put back over the photo's *own* background, is the input, 
     x_a = R (where m > 0; P elsewhere)    x_b = y_b = P    composite m·R + (1−m)·P  ->  target P
 
 so the model learns to undo a relighting on real skin, hair and clothes, which the light stage's subjects lack.
-Everything is linear float16 in the pair-shard format of DESIGN 3.4 (data/pairs.py), so `relightful train --stage 3`
+Everything is linear float16 in the pair-shard format of DESIGN 3.4 (data/shards.py), so `relightful train --stage 3`
 reads it like rendered pairs. Output folder:
 
     shard-00000.safetensors   x_a, x_b, y_b (P, 3, S, S), matte (P, 1, S, S); metadata: pair ids, fingerprint, rows
@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relightful.augment.config import AugmentConfig
-from relightful.augment.plan import plan_natural_pairs
+from relightful.augment.natural_pair_plan import plan_natural_pairs
 from relightful.augment.portraits import (Background, Portrait, load_background, load_portrait, scan_backgrounds,
                                           scan_portraits)
 from relightful.data.schema import NATURAL_PAIR_COLUMNS
