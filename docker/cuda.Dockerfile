@@ -31,7 +31,7 @@ RUN pip install --no-cache-dir ninja==1.13.2 packaging==26.4 setuptools==84.2.1 
 
 COPY pyproject.toml README.md /tmp/build/
 COPY src /tmp/build/src
-RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter]' \
+RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter,serve]' \
     && RELIGHTFUL_WEIGHTS=/opt/weights /opt/venv/bin/relightful fetch-weights --isnet
 
 # --- runtime: CUDA runtime libraries, python3.11 and the venv ----------------------------------------------------

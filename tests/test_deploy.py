@@ -510,6 +510,44 @@ def test_mlflow_server_flags_probes_and_service(rendered, overlay):
     assert not is_allowed_host_header(allowed, "mlflow.attacker.example:5000")
 
 
+def test_serve_deployment_runs_the_champion_with_probes_and_a_restricted_pod(rendered):
+    """The local overlay serves the champion with `relightful serve` (docs/serving.md): the command parses with the
+    CLI, every probe asks /healthz on the port it listens on, the Service reaches it, and the pod meets the
+    "restricted" Pod Security Standard with a read-only root (the model is downloaded to an emptyDir)."""
+    from relightful.cli import build_parser
+
+    docs = rendered["local"]
+    deploy = _one(docs, "Deployment", "relightful-serve")
+    (spec,) = _pod_specs(deploy).values()
+    (c,) = spec["containers"]
+    assert c["image"] == CPU_IMAGE and c["command"] == ["relightful", "serve"]
+    args = build_parser().parse_args(["serve", *c["args"]])
+    assert args.model == "models:/relightful-stage3@champion" and args.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz" and ports.get(get["port"], get["port"]) == args.port, probe
+    svc = _one(docs, "Service", "relightful-serve")
+    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    (sp,) = svc["spec"]["ports"]
+    assert ports.get(sp["targetPort"], sp["targetPort"]) == args.port
+    # the tracking URI comes from the ConfigMap; no credential is needed (the MLflow server proxies artifacts)
+    assert {"configMapRef": {"name": "relightful-config"}} in c["envFrom"]
+    assert not [node for _, node in _walk(deploy) if "secretKeyRef" in node or "secretRef" in node]
+    # restricted: non-root, no privilege escalation, every capability dropped, the runtime's seccomp profile
+    pod_sc, sc = spec["securityContext"], c["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    writable = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+    assert "emptyDir" in writable["/tmp"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TMPDIR"] == "/tmp" and env["HOME"].startswith("/tmp")
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+
+
 def _free_port() -> int:
     import socket
 
@@ -664,7 +702,7 @@ def test_dockerfile_contract(name):
     assert all("--no-cache-dir" in i for i in installs)
     torch = [i for i in installs if re.search(r"\btorch==", i)]
     assert len(torch) == 1 and "torch==2.13.0" in torch[0] and f"--index-url {index}" in torch[0], torch
-    project = [i for i in installs if "[train,mlops,starter]" in i]
+    project = [i for i in installs if "[train,mlops,starter,serve]" in i]
     assert len(project) == 1 and " -e " not in project[0] and re.search(r"-c \S*constraints.txt", project[0])
     for st in stages:  # constraints.txt is copied in before any install that reads it
         copied = False
