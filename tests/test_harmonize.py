@@ -219,15 +219,45 @@ def test_weights_of_another_architecture(model_dir: Path, tmp_path: Path):
         Harmonizer.from_pretrained(mixed)
 
 
-def test_scheduler_config_in_model_folder(model_dir: Path, tmp_path: Path):
-    """Training may store its noise schedule as a diffusers config in `scheduler/`; sampling then uses its betas."""
-    folder = tmp_path / "with-scheduler"
+def _with_scheduler(model_dir: Path, folder: Path, config: dict, version: int | None = None) -> Path:
     shutil.copytree(model_dir, folder)
     (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDPMScheduler", **TRAINING_NOISE, "beta_end": 0.02}))
-    assert Harmonizer.from_pretrained(folder).scheduler.config.beta_end == 0.02
-    assert Harmonizer.from_pretrained(model_dir).scheduler.config.beta_end == 0.012
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    if version is not None:
+        meta = json.loads((folder / "relightful.json").read_text())
+        (folder / "relightful.json").write_text(json.dumps({**meta, "version": version}))
+    return folder
+
+
+def test_scheduler_class_in_model_folder_is_honoured(model_dir: Path, tmp_path: Path):
+    """The folder's `scheduler/` names the sampler: its class and settings are used as they are; without one,
+    DDIM on the training betas."""
+    from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+
+    euler = _with_scheduler(model_dir, tmp_path / "euler", {"_class_name": "EulerDiscreteScheduler", **TRAINING_NOISE,
+                                                            "beta_end": 0.02, "timestep_spacing": "trailing"})
+    harmonizer = Harmonizer.from_pretrained(euler)
+    assert type(harmonizer.scheduler) is EulerDiscreteScheduler and harmonizer.scheduler.config.beta_end == 0.02
+    default = Harmonizer.from_pretrained(model_dir)
+    assert type(default.scheduler) is DDIMScheduler and default.scheduler.config.beta_end == 0.012
+    # the two samplers really differ: same inputs and seed, other pixels; each deterministic
+    rng = np.random.default_rng(0)
+    fg, bg = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    matte = np.zeros((32, 32), np.float32)
+    matte[6:26, 8:24] = 1
+    a, b = harmonizer(fg, matte, bg, steps=3, seed=1), default(fg, matte, bg, steps=3, seed=1)
+    assert np.array_equal(a, harmonizer(fg, matte, bg, steps=3, seed=1)) and not np.array_equal(a, b)
+    # a version-1 folder kept its *training* schedule (DDPM) there: only its betas count, under DDIM
+    old = _with_scheduler(model_dir, tmp_path / "v1", {"_class_name": "DDPMScheduler", **TRAINING_NOISE,
+                                                       "beta_end": 0.02}, version=1)
+    assert type(Harmonizer.from_pretrained(old).scheduler) is DDIMScheduler
+    assert Harmonizer.from_pretrained(old).scheduler.config.beta_end == 0.02
+    ddpm = _with_scheduler(model_dir, tmp_path / "v2-ddpm", {"_class_name": "DDPMScheduler", **TRAINING_NOISE})
+    assert type(Harmonizer.from_pretrained(ddpm).scheduler) is DDPMScheduler
+    # not a scheduler: refused, naming the file
+    bad = _with_scheduler(model_dir, tmp_path / "bad", {"_class_name": "UNet2DConditionModel", **TRAINING_NOISE})
+    with pytest.raises(InputError, match=r"scheduler_config.json: _class_name 'UNet2DConditionModel' is not"):
+        Harmonizer.from_pretrained(bad)
 
 
 def test_resolve_model_from_mlflow_registry(model_dir: Path, tmp_path: Path, monkeypatch):

@@ -12,23 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from relightful.models import RelightModel
 from relightful.models.compositing import paste
 from relightful.models.harmonizer import Harmonizer
 from relightful.serving import ServeConfig, create_app
-from relightful.serving.app import encode_png
+from relightful.io import encode_png
 
-from conftest import micro_model_config
 
 
 @pytest.fixture(scope="module")
-def harmonizer(tmp_path_factory) -> Harmonizer:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("serve") / "model"
-    RelightModel(micro_model_config(32)).save_pretrained(folder)
-    return Harmonizer.from_pretrained(folder)
+def harmonizer(micro_harmonizer) -> Harmonizer:
+    return micro_harmonizer
 
 
 def _images(height: int = 48, width: int = 40, seed: int = 0):

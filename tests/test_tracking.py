@@ -4,18 +4,13 @@ checksummed S3 transfers."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +25,7 @@ from relightful.tracking.promotion import CHAMPION, PromoteConfig, PromotionErro
 from relightful.tracking.runs import RunTracker, TrackingError, flatten, make_client
 
 from conftest import micro_model_config
+from services import clean_env as _clean_env, free_port, serve
 
 mlflow = pytest.importorskip("mlflow")
 boto3 = pytest.importorskip("boto3")
@@ -40,50 +36,6 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 
 
 # --- services ------------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    return {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **extra}  # no job-runner processes
-
-
-@contextlib.contextmanager
-def serve(cmd: list[str], env: dict[str, str], log: Path, health: str, timeout: float = 90.0):
-    """Start `cmd` in its own process group, wait until `health` answers 200, stop the group at the end."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(health, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{health} did not answer within {timeout} s: {log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # anything of the group still alive
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-
 
 def mlflow_server(root: Path, artifacts: str, **env: str):
     port = free_port()
@@ -263,12 +215,14 @@ def test_stage_model_registered_on_server_resolves_to_identical_weights(server, 
 
     assert mv.tags == {"data_version": "abc.dir", "git_commit": "deadbeef", "stage": "1",
                        "model_digest": folder_digest(model_dir)}
-    assert mv.run_id == run.run_id and mv.source == version.source and mv.source.endswith("/artifacts/model")
+    # an MLflow model logged by the run (MLflow 3's logged model), which the version points at
+    assert mv.run_id == run.run_id and mv.source == version.source and mv.source.startswith("models:/m-")
+    assert client.get_logged_model(mv.source[len("models:/"):]).source_run_id == run.run_id
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.params["model.unet.block_out_channels"] == "[16, 32]"
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(5, 0.5), (10, 0.25)]
     again = register_stage_model(1, model_dir, run.run_id, {"data_version": "abc.dir"})  # by run id, URI from env
-    assert int(again.version) == int(version.version) + 1 and again.source == version.source
+    assert int(again.version) == int(version.version) + 1 and again.run_id == version.run_id
     client.set_registered_model_alias("relightful-stage1", "champion", version.version)
     for uri in (version.uri, "models:/relightful-stage1@champion"):
         folder = resolve_model(uri, dst=tmp_path / uri.split("/")[-1].replace("@", "-"))
@@ -327,7 +281,7 @@ def test_train_command_logs_the_run_and_registers_the_model(store, request, rend
         [(r["step"], r["loss"]) for r in history] and len(history) == 4
     assert run.data.params["train.steps"] == "4" and run.data.params["model.unet.block_out_channels"] == "[16, 32]"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "samples", "metrics"} <= artifacts
+    assert {"samples", "metrics"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == \
         {"samples/step-00000002.png", "samples/step-00000004.png"}
     version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0]
@@ -335,6 +289,11 @@ def test_train_command_logs_the_run_and_registers_the_model(store, request, rend
     assert version.name == "relightful-stage1"
     assert version.tags["data_version"] == manifest_md5 and version.tags["data_version_source"] == "manifest"
     assert version.tags["git_commit"] == git_commit() and version.tags["stage"] == "1"
+    # the model card beside the weights, and its opening as the version's description
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert card.startswith("# relightful stage 1\n") and "Profile: `micro`; 4 steps" in card
+    assert f"data version `{manifest_md5}`" in card and "## Intended use" in card and "## Limits" in card
+    assert version.description == card.split("\n## Evaluation")[0].strip()
     folder = resolve_model(f"models:/relightful-stage1/{version.version}", tracking_uri=uri, dst=tmp_path / "back")
     assert folder_bytes(folder) == folder_bytes(tmp_path / "model")
 

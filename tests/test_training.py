@@ -75,7 +75,10 @@ def test_stage3_leaves_f_bg_bit_identical(stage1, rendered_pairs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
     grid = read_ldr(tmp_path / "samples" / "step-00000004.png")
     assert grid.shape == (3 * 32, 3 * 32, 3)
-    assert (tmp_path / "model" / "scheduler" / "scheduler_config.json").is_file()
+    # the folder names its sampler: DDIM on the trained betas, as validation sampled it
+    sampler = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert (sampler["_class_name"], sampler["timestep_spacing"]) == ("DDIMScheduler", "trailing")
+    assert sampler["prediction_type"] == "epsilon" and sampler["beta_end"] == 0.012
     after = RelightModel.from_pretrained(tmp_path / "model")
     for (name, a), (_, b) in zip(before.lighting.state_dict().items(), after.lighting.state_dict().items()):
         assert torch.equal(a, b), name

@@ -33,11 +33,28 @@ def cmd_train(args) -> None:
     if result.model_dir is not None:
         if args.metrics:
             write_history(args.metrics, result.history)
+        write_card(args, out, result.history)
         last = result.history[-1] if result.history else {}
         print(f"train: stage {args.stage}, {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}, "
               f"{result.samples_per_s:.1f} samples/s -> {out}")
         if tracking:
             track_training(args, result, out, model_cfg, train_cfg)
+
+
+def write_card(args, out: Path, history: list[dict]) -> None:
+    """The model card beside the weights (relightful.models.model_card)."""
+    import yaml
+
+    from relightful.data.shards import MANIFEST
+    from relightful.models.model_card import CardFacts, write_model_card
+    from relightful.tracking.lineage import data_version
+
+    profile = args.profile
+    if profile is None and args.params and Path(args.params).is_file():
+        profile = (yaml.safe_load(Path(args.params).read_text()) or {}).get("profile")
+    version = data_version(args.pairs, args.lock).value if (Path(args.pairs) / MANIFEST).is_file() else None
+    write_model_card(out, CardFacts(args.stage, profile, str(args.pairs), version,
+                                    str(args.init) if args.init else None, history))
 
 
 def add_train_parser(sub) -> None:

@@ -62,10 +62,13 @@ def _gx():
     """Import great_expectations once, quietly (its import alone takes about 2 s)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import great_expectations as gx
-        import great_expectations.expectations as gxe
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-        from great_expectations.expectations.row_conditions import Column
+        try:
+            import great_expectations as gx
+            import great_expectations.expectations as gxe
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+            from great_expectations.expectations.row_conditions import Column
+        except ImportError as err:  # an [inference]-only install
+            raise ValueError(f"validating data needs great-expectations ({err}): pip install 'relightful[mlops]'") from None
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     return gx, gxe, Column, ProgressBarsConfig
 

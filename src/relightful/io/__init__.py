@@ -7,6 +7,7 @@ from relightful.io.images import (
     HDR_SUFFIXES,
     LDR_SUFFIXES,
     check_pixels,
+    encode_png,
     read_hdr,
     read_ldr,
     read_matte,
@@ -19,7 +20,7 @@ from relightful.io.tensors import load_tensors, read_metadata, save_tensors
 
 __all__ = [
     "HDR_SUFFIXES", "LDR_SUFFIXES", "InputError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-    "auto_exposure", "check_pixels", "load_tensors", "read_hdr", "read_json", "read_ldr", "read_matte",
+    "auto_exposure", "check_pixels", "encode_png", "load_tensors", "read_hdr", "read_json", "read_ldr", "read_matte",
     "read_metadata", "save_tensors",
     "srgb_decode", "srgb_decode_8bit", "srgb_encode", "to_uint8", "tonemap", "write_hdr", "write_ldr", "write_matte",
 ]

@@ -129,6 +129,15 @@ def read_ldr(source: Source, name: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)
 
 
+def encode_png(image8: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB or (H, W) uint8 grey -> PNG bytes (an API's answer, an upload in a test)."""
+    pixels = image8[..., ::-1] if image8.ndim == 3 else image8
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the PNG")
+    return buf.tobytes()
+
+
 def write_ldr(path: str | Path, image, bits: int = 8) -> None:
     """Write display values in [0, 1] (H, W, 3) or (H, W) as an 8- or 16-bit image, atomically."""
     path = Path(path)

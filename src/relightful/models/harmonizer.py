@@ -123,17 +123,18 @@ class Harmonizer:
     def from_pretrained(cls, folder: str | Path, scheduler=None, device: str | torch.device | None = None,
                         **kwargs) -> "Harmonizer":
         """Load a model folder (an MLflow URI is resolved to one by the caller: `relightful.tracking.resolve_model`);
-        bad input raises `InputError`. A `scheduler/` config in the folder (diffusers format) replaces the default
-        training betas. `device` "auto" is CUDA when available, else the CPU."""
+        bad input raises `InputError`. The folder's `scheduler/` config (diffusers format, any scheduler class) is the
+        sampler, else DDIM on the training betas. `device` "auto" is CUDA when available, else the CPU."""
         folder = Path(folder)
         net = RelightModel.from_pretrained(folder)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device is not None:
             net = net.to(device)
+        meta = read_model_meta(folder)
         if scheduler is None:
-            scheduler = folder_scheduler(folder, net)
-        kwargs.setdefault("defaults", read_model_meta(folder).get("sampling"))
+            scheduler = folder_scheduler(folder, net, int(meta.get("version", 1)))
+        kwargs.setdefault("defaults", meta.get("sampling"))
         return cls(net, scheduler, **kwargs)
 
     def settings(self, steps: int | None, image_guidance: float | None,

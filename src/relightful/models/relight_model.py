@@ -2,11 +2,12 @@
 
 A model folder (what training writes and `--model` accepts):
 
-    relightful.json               {"format": "relightful-model", "version": 1, "config": ModelConfig, ...}
+    relightful.json               {"format": "relightful-model", "version": 2, "config": ModelConfig, ...}
     unet/                         diffusers layout (config.json + diffusion_pytorch_model.safetensors)
     encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding"
     vae/                          the AutoencoderKL, when the codec is one (so the folder is self-contained)
-    scheduler/                    the training noise schedule (diffusers format): betas, prediction type
+    scheduler/                    the sampler to use (diffusers format, any scheduler class) on the training
+                                  betas and prediction type; in version-1 folders, the training noise schedule
 
 Everything is safetensors and JSON; nothing is unpickled.
 """
@@ -33,6 +34,7 @@ from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_un
                                     load_instruct_pix2pix_unet, load_null_embedding)
 
 FORMAT = "relightful-model"
+FORMAT_VERSION = 2  # 2: scheduler/ is the sampler to use (class and settings); 1: it held the training schedule
 CONFIG_FILE = "relightful.json"
 ENCODERS_FILE = "encoders.safetensors"
 GAIN_LOG_LIMIT = math.log(16.0)  # a gain edit stays within [1/16, 16]
@@ -141,7 +143,8 @@ class RelightModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path, extra: dict | None = None, scheduler=None) -> None:
         """Write the model folder; a complete folder appears at once (written aside, then renamed). `scheduler`: the
-        diffusers noise scheduler the model was trained with (its betas and prediction type), kept in `scheduler/`."""
+        diffusers scheduler to sample the model with (on the betas and prediction type it was trained with), kept in
+        `scheduler/`."""
         folder = Path(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +159,7 @@ class RelightModel(nn.Module):
         if isinstance(self.codec, VaeCodec):
             self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             config["codec"]["vae_path"] = "vae"
-        atomic_write_text(tmp / CONFIG_FILE, json.dumps({"format": FORMAT, "version": 1, "config": config,
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": config,
                                                          **(extra or {})}, indent=2, sort_keys=True))
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")

@@ -26,19 +26,33 @@ def default_scheduler(model, config: dict | None = None):
     return DDIMScheduler.from_config(values)
 
 
-def folder_scheduler(folder: str | Path, model):
-    """The sampler of a model folder's `scheduler/` config (diffusers format), on its betas; None when the folder
-    has none. An unreadable config raises `InputError`."""
-    folder = Path(folder)
-    if not (folder / SCHEDULER_DIR / "scheduler_config.json").is_file():
-        return None
-    from diffusers import DDIMScheduler
+def folder_scheduler(folder: str | Path, model, format_version: int = 2):
+    """The sampler of a model folder's `scheduler/` config (diffusers format), None when the folder has none.
 
+    Its `_class_name` is honoured (any diffusers scheduler: DDIM, Euler, DPM-Solver++, ...) with all its settings.
+    Folders of format version 1 kept the *training* schedule there (a DDPMScheduler): only its betas and
+    prediction type are taken, under the default DDIM sampler. An unreadable config or a class that is not a
+    diffusers scheduler raises `InputError` naming the file."""
+    import diffusers
+    from diffusers import DDIMScheduler, SchedulerMixin
+
+    path = Path(folder) / SCHEDULER_DIR / "scheduler_config.json"
+    if not path.is_file():
+        return None
     try:
-        config = DDIMScheduler.load_config(folder / SCHEDULER_DIR)
+        config = DDIMScheduler.load_config(path.parent)  # any class's JSON: a plain dict
     except (OSError, ValueError) as err:
-        raise InputError(folder / SCHEDULER_DIR, f"unreadable scheduler config ({err})") from None
-    return default_scheduler(model, {k: config[k] for k in TRAINING_NOISE if k in config})
+        raise InputError(path, f"unreadable scheduler config ({err})") from None
+    if format_version < 2:
+        return default_scheduler(model, {k: config[k] for k in TRAINING_NOISE if k in config})
+    name = config.get("_class_name")
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise InputError(path, f"_class_name {name!r} is not a diffusers scheduler (e.g. DDIMScheduler)")
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"cannot build {name} from it ({err})") from None
 
 
 __all__ = ["SCHEDULER_DIR", "TRAINING_NOISE", "default_scheduler", "folder_scheduler"]

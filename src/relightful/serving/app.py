@@ -21,13 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import relightful  # noqa: F401  (sets OPENCV_IO_ENABLE_OPENEXR before cv2 is imported)
-import cv2
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from relightful.io import InputError, check_pixels, read_ldr, read_matte, to_uint8
+from relightful.io import InputError, check_pixels, encode_png, read_ldr, read_matte, to_uint8
 from relightful.models.compositing import paste
 from relightful.serving.page import PAGE
 
@@ -42,14 +40,6 @@ class ServeConfig:
 
 class _TooLarge(Exception):
     pass
-
-
-def encode_png(image8: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 RGB -> PNG bytes."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image8[..., ::-1]))
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the PNG")
-    return buf.tobytes()
 
 
 def _integer(form, key: str, default: int | None, low: int, high: int) -> int | None:
@@ -174,4 +164,4 @@ def create_app(harmonizer, config: ServeConfig = ServeConfig(), model_name: str 
     return app
 
 
-__all__ = ["Inputs", "ServeConfig", "create_app", "encode_png"]
+__all__ = ["Inputs", "ServeConfig", "create_app"]

@@ -117,7 +117,36 @@ def log_evaluation(model: str | Path, metrics: Mapping[str, Any], report_dir: st
     with tracking_errors(uri, f"cannot tag {version.name} version {version.version}"):
         for k, v in tags.items():
             client.set_model_version_tag(version.name, version.version, k, v)
+        described = (version.description or "").split(EVALUATION_HEADING)[0].rstrip()
+        client.update_model_version(version.name, version.version,
+                                    description=f"{described}\n\n{evaluation_summary(metrics)}".lstrip())
     return version.run_id, f"models:/{version.name}/{version.version}"
 
 
-__all__ = ["check_tracking", "log_evaluation", "log_job", "log_training"]
+EVALUATION_HEADING = "## Held-out evaluation"
+
+
+def evaluation_summary(metrics: Mapping[str, Any]) -> str:
+    """The held-out figures of `relightful evaluate`'s metrics, as Markdown for the version's description (the model
+    card in the folder was written before they existed)."""
+    lines = [EVALUATION_HEADING]
+    for scenario in ("lightstage", "natural"):
+        block = metrics.get(scenario) or {}
+        methods = block.get("methods", {})
+        if "model" not in methods:
+            continue
+        figures = (("fg_psnr", "fg PSNR", 2, " dB"), ("fg_ssim", "fg SSIM", 3, ""))
+        if scenario == "lightstage":  # the light direction is known only for light-stage targets
+            figures += (("light_dir_err_deg", "light-direction error", 1, "°"),)
+        row = lambda name: ", ".join(f"{label} {methods[name][key]:.{digits}f}{unit}"  # noqa: E731
+                                     for key, label, digits, unit in figures if methods[name].get(key) is not None)
+        lines.append(f"- {scenario} ({block.get('n_pairs', '?')} pairs): model {row('model')}; "
+                     + "; ".join(f"{name} {row(name)}" for name in ("composite", "gain_regression", "shading")
+                                 if name in methods))
+    bar = metrics.get("quality_bar") or {}
+    if bar.get("statement"):
+        lines.append(f"- {bar['statement']}")
+    return "\n".join(lines)
+
+
+__all__ = ["check_tracking", "evaluation_summary", "log_evaluation", "log_job", "log_training"]

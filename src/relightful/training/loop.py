@@ -217,7 +217,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         model.save_pretrained(out_dir, extra={"stage": stage, "steps": config.steps,
                                               "train_config": dataclasses.asdict(config),
                                               "sampling": dataclasses.asdict(config.sampling)},
-                              scheduler=objective.scheduler)
+                              scheduler=validation_scheduler(objective.scheduler, model))
         result.model_dir = out_dir
     barrier()
     return result
