@@ -51,8 +51,9 @@ class CardFacts:
 
 
 def _figures(row: Mapping[str, float]) -> str:
+    """The losses of a history row: no timings (samples/s), so that the same training writes the same card."""
     return ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                     if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool))
+                     if "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def model_card(meta: Mapping, facts: CardFacts) -> str:
@@ -74,7 +75,7 @@ def model_card(meta: Mapping, facts: CardFacts) -> str:
         f"- Initialised from: `{facts.init_from or 'scratch'}`.",
         f"- Model: {config.get('image_size', '?')} px squares, codec `{codec.get('kind', '?')}` "
         f"(factor {codec.get('factor', '?')}), edit `{config.get('edit', '?')}`.",
-        f"- Last logged step {last.get('step', '?')}: {_figures(last) or 'no figures'}.",
+        f"- Last logged step {last.get('step', '?')}: {_figures(last) or 'no losses logged'}.",
         "",
         "## Evaluation",
         "Held-out figures are measured by `relightful evaluate` (DESIGN 3.9) after training and recorded on the "

@@ -6,6 +6,11 @@
         state.json                     step, LR scheduler, world size, stage
     <run>/checkpoints/latest          the name of the last complete checkpoint (written last)
 
+A checkpoint is written into `.step-N.tmp` and renamed into place before `latest` names it, so a kill at any moment
+leaves either the previous checkpoint or the new one complete; a kill between replacing an older folder of the same
+name and writing `latest` is covered by `latest_checkpoint`, which then takes the newest complete checkpoint. Temp
+folders of killed writes are removed by the next save.
+
 An optimizer state dict is a tree of tensors, numbers and a few DeepSpeed objects (loss scaler, enums, fragment
 addresses). Tensors go to safetensors, the tree to JSON; the objects are not stored but taken from the freshly
 built optimizer's own state dict at load time (the same configuration rebuilds the same objects).
@@ -14,6 +19,7 @@ built optimizer's own state dict at load time (the same configuration rebuilds t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -24,6 +30,7 @@ import torch
 from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
 
 LATEST = "latest"
+log = logging.getLogger(__name__)
 
 
 def encode_tree(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -85,7 +92,8 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     name = f"step-{step:08d}"
     tmp = root / f".{name}.tmp"
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # this one, or one a killed run left
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
     skeleton, tensors = encode_tree(optimizer_state)
@@ -107,14 +115,26 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     return root / name
 
 
+def _complete(path: Path) -> bool:
+    return (path / "state.json").is_file() and (path / "trainable.safetensors").is_file()
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / LATEST
+    """The checkpoint `latest` names; when that one is not complete (a kill while it was replaced), the newest
+    complete one, with a warning; None when there is none."""
+    root = run_dir / "checkpoints"
+    pointer = root / LATEST
     if not pointer.is_file():
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (path / "state.json").is_file():
-        raise InputError(pointer, f"points to {path.name}, which is not a complete checkpoint")
-    return path
+    path = root / pointer.read_text().strip()
+    if _complete(path):
+        return path
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir() and _complete(p))
+    if not complete:
+        raise InputError(pointer, f"points to {path.name}, which is not a complete checkpoint, and there is no other")
+    log.warning("%s points to %s, which is not complete (a write was interrupted): resuming from %s", pointer,
+                path.name, complete[-1].name)
+    return complete[-1]
 
 
 def load_checkpoint(path: Path, rank: int, world: int, optimizer_template: dict) -> tuple[int, dict, dict, dict]:
