@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 	  $(APT_INSTALL) chromium chromium-driver || { apt-get update -qq && $(APT_INSTALL) chromium chromium-driver; } \
 	    || echo "note: apt-get could not install chromium chromium-driver: browser test skipped"; \
 	else echo "note: no /usr/bin/chromedriver (apt-get install chromium chromium-driver): browser test skipped"; fi
+	# Debian's PostgreSQL server for tests/test_mlflow_server.py (MLflow on PostgreSQL), as for chromium above
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(APT_INSTALL) postgresql || { apt-get update -qq && $(APT_INSTALL) postgresql; } \
+	    || echo "note: apt-get could not install postgresql: MLflow-on-PostgreSQL tests skipped"; \
+	else echo "note: no PostgreSQL server (apt-get install postgresql): MLflow-on-PostgreSQL tests skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

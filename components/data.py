@@ -3,7 +3,7 @@ portraits. Each output is a folder artifact laid out as the job writes it under 
 
 from typing import List
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
 from components.images import CPU_IMAGE, project_component
 
@@ -77,17 +77,25 @@ def merge_pairs(parts: Input[List[Dataset]], lightstage: Input[Dataset], envmaps
 
 @project_component(CPU_IMAGE)
 def validate_data(envmaps: Input[Dataset], pairs: Input[Dataset], params: dict, profile: str, track: bool,
-                  report: Output[Artifact]):
-    """The data expectations on both manifests; a failed expectation fails the task (and so the run). The report
-    folder holds `data_validation.json` and its readable `data_validation.md`."""
+                  report: Output[Markdown], validation: Output[Artifact]):
+    """The data expectations on both manifests; a failed expectation fails the task (and so the run). `report` is
+    the readable report (Markdown, shown by the Kubeflow UI); `validation` the folder the job writes, with
+    `data_validation.json` and the same `data_validation.md`."""
     import os
+    import shutil
 
     from components.job import run_job
 
-    os.makedirs(report.path, exist_ok=True)
-    run_job(["validate-data", "--envmaps", os.path.join(envmaps.path, "manifest.parquet"),
-             "--pairs", os.path.join(pairs.path, "manifest.parquet"),
-             "--report", os.path.join(report.path, "data_validation.json")], params, profile, track)
+    os.makedirs(validation.path, exist_ok=True)
+    try:
+        run_job(["validate-data", "--envmaps", os.path.join(envmaps.path, "manifest.parquet"),
+                 "--pairs", os.path.join(pairs.path, "manifest.parquet"),
+                 "--report", os.path.join(validation.path, "data_validation.json")], params, profile, track)
+    finally:  # also when an expectation failed: the report says which
+        written = os.path.join(validation.path, "data_validation.md")
+        if os.path.isfile(written):
+            os.makedirs(os.path.dirname(report.path) or ".", exist_ok=True)
+            shutil.copyfile(written, report.path)
 
 
 @project_component(CPU_IMAGE)

@@ -35,14 +35,21 @@ def evaluate(model: Input[Model], stage1: Input[Model], stage2: Input[Model], pa
 
 
 @project_component(CUDA_IMAGE)
-def promote(model: Input[Model], pairs: Input[Dataset], params: dict, profile: str, model_name: str,
-            decision: Output[Artifact]) -> str:
+def promote(model: Input[Model], stage1: Input[Model], stage2: Input[Model], pairs: Input[Dataset], params: dict,
+            profile: str, model_name: str, decision: Output[Artifact]) -> str:
     """Move `model_name@champion` to the version registered from `model` only if it beats the champion on the
-    held-out pairs (else it becomes `challenger`); returns the decision: champion, challenger or unchanged."""
+    held-out pairs (else it becomes `challenger`); returns the decision: champion, challenger or unchanged. A new
+    champion's lineage gets the alias too: `relightful-stage1@champion` and `relightful-stage2@champion` are the
+    versions registered from `stage1` and `stage2`, so the next run's retrain-check knows the data it learnt from."""
     import json
 
-    from components.job import run_job
+    from components.job import mark_lineage, run_job
 
     run_job(["promote", "--model", model.path, "--model-name", model_name, "--pairs", pairs.path,
              "--report", decision.path], params, profile, track=True)
-    return json.load(open(decision.path))["decision"]
+    result = json.load(open(decision.path))
+    moved = mark_lineage({"relightful-stage1": stage1.path, "relightful-stage2": stage2.path}, model_name,
+                         "champion", result)
+    for name, version in moved.items():
+        print(f"{name}@champion -> version {version} (the lineage of {model_name}@champion)")
+    return result["decision"]

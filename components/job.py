@@ -1,6 +1,7 @@
 """What every component does inside its container: run one `relightful` job with the pipeline's parameters.
 
-Imported by the component functions at run time (the image puts this package on PYTHONPATH), never at compile time.
+Imported by the component functions at run time (the image puts this package on PYTHONPATH); at compile time only
+for its constants (module level imports nothing but the standard library).
 """
 
 from __future__ import annotations
@@ -104,3 +105,56 @@ def write_training_outputs(stage: int, paths: StagePaths, model, metrics, sample
                 f"<img src='data:image/png;base64,{data}'>")
     Path(samples.path).parent.mkdir(parents=True, exist_ok=True)
     Path(samples.path).write_text(f"<html><body>{body}</body></html>")
+
+
+RETRAIN, UP_TO_DATE = "retrain", "up-to-date"  # the answers of the retrain-check step (its `dsl.If` compares them)
+
+
+def retrain_decision(pairs: str, model_name: str, alias: str, track: bool, force: bool) -> str:
+    """`relightful retrain-check` on the pairs folder `pairs` against `model_name@alias`: RETRAIN when the data
+    changed or there is no such version, UP_TO_DATE when it was trained on exactly this data. `force` answers
+    RETRAIN without asking; so does a pipeline without tracking (no registry to compare with). A check that cannot
+    decide (exit 3: registry or data version unreadable) raises JobError: the run fails rather than read it as
+    either answer."""
+    if force:
+        print(f"{RETRAIN}: forced (force_retrain)")
+        return RETRAIN
+    if not track:
+        print(f"{RETRAIN}: tracking is off, so there is no registry to compare the data with")
+        return RETRAIN
+    from relightful.cli import main
+
+    status = main(["retrain-check", "--pairs", str(pairs), "--model-name", model_name, "--alias", alias])
+    if status == 0:
+        return RETRAIN
+    if status == 1:
+        return UP_TO_DATE
+    raise JobError(f"relightful retrain-check exited with status {status}: cannot tell whether to retrain")
+
+
+def mark_lineage(models: dict[str, str], champion_name: str, alias: str, decision: dict) -> dict[str, str]:
+    """After `decision` (promote's report) made a version of `champion_name` the champion: move `alias` of each
+    model name in `models` (name -> model folder of this run, e.g. relightful-stage1 -> its folder) to the version
+    registered from that folder, so `relightful-stage1@champion` is the stage-1 model the champion was built from
+    and its `data_version` tag the light-stage pairs it learnt from (the pipeline's retrain-check compares with
+    it). Nothing moves unless `champion_name@alias` is still the decided version. Returns name -> version moved."""
+    from relightful.tracking.model_uri import default_tracking_uri
+    from relightful.tracking.promotion import alias_version
+    from relightful.tracking.registry import find_version_of_folder
+    from relightful.tracking.runs import make_client, tracking_errors
+
+    if decision.get("decision") != alias:
+        return {}
+    uri = default_tracking_uri()
+    client = make_client(uri)
+    moved: dict[str, str] = {}
+    with tracking_errors(uri, f"cannot mark the lineage of {champion_name}@{alias}"):
+        if alias_version(client, champion_name, alias) != str(decision.get("version")):
+            return {}  # another run promoted since: its own step marks its lineage
+        for name, folder in models.items():
+            version = find_version_of_folder(client, folder, [name])
+            if version is None:
+                raise JobError(f"{folder} is not registered as a version of {name}: cannot mark it {alias}")
+            client.set_registered_model_alias(name, alias, version.version)
+            moved[name] = str(version.version)
+    return moved

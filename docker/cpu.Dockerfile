@@ -34,10 +34,12 @@ RUN apt-get update \
 COPY constraints.txt /tmp/build/constraints.txt
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# Non-editable install of the package; constraints.txt keeps torch at the wheel above.
+# Non-editable install of the package; constraints.txt keeps torch at the wheel above. The mlops extra carries what
+# the MLflow server of k8s/base/mlflow.yaml needs: psycopg2-binary (PostgreSQL) and mlflow[auth] (basic-auth app).
 COPY pyproject.toml README.md /tmp/build/
 COPY src /tmp/build/src
 RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,mlops,starter,serve]' \
+    && python -c "import psycopg2, flask_wtf" \
     && rm -rf /tmp/build
 
 # The person segmenter's weights (npm registry, sha256-checked) at build time: pods never download them.

@@ -1,14 +1,18 @@
-"""The kfp v2 DAG of the whole workflow, the same chain as dvc.yaml:
+"""The kfp v2 DAG of the whole workflow, the same chain as dvc.yaml, with the retrain decision before training:
 
-    starter-data ─┬─ ingest-hdr ─ render-pairs ×N workers ─ merge ─ validate ─ train 1 ─ train 2 ─ augment ─ train 3
-    synthetic ────┘                                                                           natural-starter ┘
-    ─ evaluate ─ promote
+    starter-data ─┬─ ingest-hdr ─ render-pairs ×N workers ─ merge ─ validate ─ retrain-check
+    synthetic ────┘                                                  natural-starter
+    if retrain-check says "retrain" (the data changed, no champion yet, or force_retrain):
+        train 1 ─ train 2 ─ augment ─ train 3 ─ evaluate ─ promote (when tracking)
 
 Parameters are those of params.yaml: `params` is one profile's block (the compile-time default is the profile
-named when compiling) and `profile` its name. Cluster wiring (kfp-kubernetes): every step gets the MLflow/S3
-settings from the ConfigMap `relightful-config` and the credentials from the Secret `relightful-s3`; training
-mounts the volume `relightful-workspace` (checkpoints survive a retried task) and, with `gpus`, the node's GPUs
-and a memory-backed /dev/shm. The local runner ignores all of it.
+named when compiling) and `profile` its name; `<data|infer|train>_<cpu|memory>_<request|limit>` size the steps
+(RESOURCES). Caching is explicit per step (CACHED): on for the deterministic data steps, so a scheduled run whose
+params did not change reuses their outputs and the first step it runs is retrain-check. Cluster wiring
+(kfp-kubernetes): every step gets the MLflow/S3 settings from the ConfigMap `relightful-config` and the credentials
+from the Secret `relightful-s3`; training mounts the volume `relightful-workspace` (checkpoints survive a retried
+task) and, with `gpus`, the node's GPUs and a memory-backed /dev/shm. The local runner ignores resources, caching
+and the cluster wiring, not the condition.
 """
 
 
@@ -22,6 +26,8 @@ from components.data import (ingest_hdr, merge_pairs, natural_starter, render_pa
                              synthetic_stage, validate_data, worker_indices)
 from components.evaluation import evaluate, promote
 from components.images import CPU_IMAGE, CUDA_IMAGE
+from components.job import RETRAIN
+from components.registry import retrain_check
 from components.training import train_stage, train_stage_across_nodes
 
 PIPELINE_NAME = "relightful"
@@ -65,62 +71,126 @@ def _on_gpu(task: dsl.PipelineTask, count) -> dsl.PipelineTask:
     return task
 
 
+# CPU and memory of each class of step, the defaults of the pipeline parameters `<class>_<cpu|memory>_<request|limit>`
+# (Kubernetes quantities, as strings): `data` the data steps, retrain-check and the PyTorchJob launchers, `infer`
+# augmentation, evaluation and promotion (a model's inference), `train` a training step (per pod: raise `train_*`
+# with `nproc_per_node`). The compiled profile picks the set; profiles not listed get `tiny`'s.
+RESOURCE_CLASSES = ("data", "infer", "train")
+RESOURCES = {
+    "gpu": {"data": ("4", "8", "16Gi", "16Gi"), "infer": ("8", "16", "48Gi", "48Gi"),
+            "train": ("8", "16", "64Gi", "64Gi")},
+    "tiny": {"data": ("1", "2", "4Gi", "4Gi"), "infer": ("2", "4", "8Gi", "8Gi"),
+             "train": ("2", "4", "8Gi", "8Gi")},
+}
+RESOURCE_FIELDS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+
+# caching, explicit per step (the component's name -> on/off). On: deterministic functions of their inputs (the data
+# steps, whose cached outputs a scheduled run reuses when params did not change). Off: steps whose effect is outside
+# their outputs or whose answer changes with the registry: retrain-check, training (registers versions), evaluation
+# (logs to the candidate's run, tags its version), promotion (moves aliases).
+CACHED = {"starter-data": True, "synthetic-stage": True, "ingest-hdr": True, "worker-indices": True,
+          "render-pairs-part": True, "merge-pairs": True, "validate-data": True, "natural-starter": True,
+          "augment": True, "retrain-check": False, "train-stage": False, "train-stage-across-nodes": False,
+          "evaluate": False, "promote": False}
+RETRAIN_ALIAS = "champion"  # retrain-check compares with relightful-stage1@champion, the champion's stage-1 model
+RETRAIN_MODEL = "relightful-stage1"
+
+
+def resource_defaults(profile: str) -> dict:
+    """{"data_cpu_request": "1", ...}: the resource parameters' defaults for a compiled profile."""
+    table = RESOURCES.get(profile, RESOURCES["tiny"])
+    return {f"{cls}_{field}": value for cls in RESOURCE_CLASSES for field, value in zip(RESOURCE_FIELDS, table[cls])}
+
+
 def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int = 1):
     """The pipeline function with `params` (the block of `profile`) as its defaults; `gpus` asks for GPUs for the
     training, augmentation, evaluation and promotion steps (off for CPU-only clusters); `num_nodes` > 1 trains each
-    stage as a PyTorchJob of that many pods (`nproc_per_node` ranks each) instead of in the step's own pod."""
+    stage as a PyTorchJob of that many pods (`nproc_per_node` ranks each) instead of in the step's own pod.
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Relightful Harmonization: light-stage data, three training "
-                  "stages, natural-pair augmentation, evaluation and promotion")
+    The run: the data steps (cached), then `retrain-check` on the light-stage pairs; everything that trains,
+    evaluates or promotes runs under `dsl.If` on its answer, so a run whose data did not change trains nothing
+    (`force_retrain` trains anyway)."""
+    res = resource_defaults(profile)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Relightful Harmonization: light-stage data, retrain check, three "
+                  "training stages, natural-pair augmentation, evaluation and promotion")
     def relightful_pipeline(params: dict = params, profile: str = profile, track: bool = True,
                             render_workers: int = 2, nproc_per_node: int = 1, workspace: str = WORKSPACE,
-                            require_quality_bar: bool = False):
+                            require_quality_bar: bool = False, force_retrain: bool = False,
+                            data_cpu_request: str = res["data_cpu_request"],
+                            data_cpu_limit: str = res["data_cpu_limit"],
+                            data_memory_request: str = res["data_memory_request"],
+                            data_memory_limit: str = res["data_memory_limit"],
+                            infer_cpu_request: str = res["infer_cpu_request"],
+                            infer_cpu_limit: str = res["infer_cpu_limit"],
+                            infer_memory_request: str = res["infer_memory_request"],
+                            infer_memory_limit: str = res["infer_memory_limit"],
+                            train_cpu_request: str = res["train_cpu_request"],
+                            train_cpu_limit: str = res["train_cpu_limit"],
+                            train_memory_request: str = res["train_memory_request"],
+                            train_memory_limit: str = res["train_memory_limit"]):
+        resources = {"data": (data_cpu_request, data_cpu_limit, data_memory_request, data_memory_limit),
+                     "infer": (infer_cpu_request, infer_cpu_limit, infer_memory_request, infer_memory_limit),
+                     "train": (train_cpu_request, train_cpu_limit, train_memory_request, train_memory_limit)}
+
+        def step(task: dsl.PipelineTask, kind: str = "data") -> dsl.PipelineTask:
+            """Cluster settings, this class's CPU and memory, the step's caching (CACHED: a step missing there is
+            an error, so a new step cannot inherit kfp's default silently)."""
+            cpu_request, cpu_limit, memory_request, memory_limit = resources[kind]
+            task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+            task.set_memory_request(memory_request).set_memory_limit(memory_limit)
+            # kfp 2.17 passes a channel used only in a resource setting to the step but not to the loop or condition
+            # it sits in (the step's input would dangle on the cluster): register it as an input of the step
+            task.register_pipeline_channels([cpu_request, cpu_limit, memory_request, memory_limit])
+            task.set_caching_options(enable_caching=CACHED[task.component_spec.name.replace("_", "-")])
+            return _cluster_env(task)
+
         common = dict(params=params, profile=profile, track=track)
-        hdri = _cluster_env(starter_data(**common))
-        stage = _cluster_env(synthetic_stage(**common))
-        envmaps = _cluster_env(ingest_hdr(hdri=hdri.outputs["hdri"], lightstage=stage.outputs["lightstage"],
-                                          **common))
-        workers = worker_indices(num_workers=render_workers)
+        hdri = step(starter_data(**common))
+        stage = step(synthetic_stage(**common))
+        envmaps = step(ingest_hdr(hdri=hdri.outputs["hdri"], lightstage=stage.outputs["lightstage"], **common))
+        workers = step(worker_indices(num_workers=render_workers))
         with dsl.ParallelFor(items=workers.output, name="render-workers") as worker:
-            part = _cluster_env(render_pairs_part(lightstage=stage.outputs["lightstage"],
-                                                  envmaps=envmaps.outputs["envmaps"], worker=worker,
-                                                  num_workers=render_workers, **common))
-        pairs = _cluster_env(merge_pairs(parts=dsl.Collected(part.outputs["part"]),
-                                         lightstage=stage.outputs["lightstage"], envmaps=envmaps.outputs["envmaps"],
-                                         num_workers=render_workers, **common))
-        checked = _cluster_env(validate_data(envmaps=envmaps.outputs["envmaps"], pairs=pairs.outputs["pairs"],
-                                             **common))
+            part = step(render_pairs_part(lightstage=stage.outputs["lightstage"], envmaps=envmaps.outputs["envmaps"],
+                                          worker=worker, num_workers=render_workers, **common))
+        pairs = step(merge_pairs(parts=dsl.Collected(part.outputs["part"]), lightstage=stage.outputs["lightstage"],
+                                 envmaps=envmaps.outputs["envmaps"], num_workers=render_workers, **common))
+        checked = step(validate_data(envmaps=envmaps.outputs["envmaps"], pairs=pairs.outputs["pairs"], **common))
+        natural = step(natural_starter(hdri=hdri.outputs["hdri"], **common))
+        decision = step(retrain_check(pairs=pairs.outputs["pairs"], track=track, force=force_retrain,
+                                      model_name=RETRAIN_MODEL, alias=RETRAIN_ALIAS).after(checked))
 
         def train(stage_number: int, data, init=None):
             start = dict(stage=stage_number, pairs=data, workspace=workspace, nproc_per_node=nproc_per_node,
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({} if init is None else {"init": init}), **common)
             if num_nodes > 1:  # this step only launches and follows the job: no GPU of its own
-                task = train_stage_across_nodes(num_nodes=num_nodes, gpus=gpus,
-                                                image=CUDA_IMAGE if gpus else CPU_IMAGE, **start)
+                task = step(train_stage_across_nodes(num_nodes=num_nodes, gpus=gpus,
+                                                     image=CUDA_IMAGE if gpus else CPU_IMAGE, **start), "data")
             else:
-                task = train_stage(**start)
+                task = step(train_stage(**start), "train")
             task.set_display_name(f"train-stage{stage_number}").set_retry(num_retries=2, backoff_duration="60s")
             kubernetes.mount_pvc(task, pvc_name=WORKSPACE_PVC, mount_path=WORKSPACE)
-            return _on_gpu(_cluster_env(task), nproc_per_node) if gpus and num_nodes == 1 else _cluster_env(task)
+            return _on_gpu(task, nproc_per_node) if gpus and num_nodes == 1 else task
 
-        stage1 = train(1, pairs.outputs["pairs"]).after(checked)
-        stage2 = train(2, pairs.outputs["pairs"], stage1.outputs["model"])
-        natural = _cluster_env(natural_starter(hdri=hdri.outputs["hdri"], **common))
-        natural_pairs = _cluster_env(augment(natural=natural.outputs["natural"], stage2=stage2.outputs["model"],
-                                             **common))
-        stage3 = train(3, natural_pairs.outputs["natural_pairs"], stage2.outputs["model"])
-        scored = _cluster_env(evaluate(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
-                                       stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"],
-                                       natural_pairs=natural_pairs.outputs["natural_pairs"],
-                                       natural=natural.outputs["natural"], lightstage=stage.outputs["lightstage"],
-                                       require_quality_bar=require_quality_bar, **common))
-        for task in (natural_pairs, scored):
-            if gpus:
-                _on_gpu(task, 1)
-        with dsl.If(track == True, name="tracked"):  # noqa: E712 (a pipeline condition, not Python's)
-            gate = _cluster_env(promote(model=stage3.outputs["model"], pairs=pairs.outputs["pairs"], params=params,
-                                        profile=profile, model_name=MODEL_NAME).after(scored))
-            if gpus:
-                _on_gpu(gate, 1)
+        with dsl.If(decision.output == RETRAIN, name="data-changed"):
+            stage1 = train(1, pairs.outputs["pairs"]).after(checked)
+            stage2 = train(2, pairs.outputs["pairs"], stage1.outputs["model"])
+            natural_pairs = step(augment(natural=natural.outputs["natural"], stage2=stage2.outputs["model"],
+                                         **common), "infer")
+            stage3 = train(3, natural_pairs.outputs["natural_pairs"], stage2.outputs["model"])
+            scored = step(evaluate(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
+                                   stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"],
+                                   natural_pairs=natural_pairs.outputs["natural_pairs"],
+                                   natural=natural.outputs["natural"], lightstage=stage.outputs["lightstage"],
+                                   require_quality_bar=require_quality_bar, **common), "infer")
+            for task in (natural_pairs, scored):
+                if gpus:
+                    _on_gpu(task, 1)
+            with dsl.If(track == True, name="tracked"):  # noqa: E712 (a pipeline condition, not Python's)
+                gate = step(promote(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
+                                    stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"], params=params,
+                                    profile=profile, model_name=MODEL_NAME).after(scored), "infer")
+                if gpus:
+                    _on_gpu(gate, 1)
 
     return relightful_pipeline

@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_local(root: Path, profile: "str | None" = None, params_path: Path = PARAMS_YAML, render_workers: int = 2,
-              track: bool = True, require_quality_bar: bool = False) -> Path:
-    """Run the pipeline; returns the folder of this run's artifacts (one sub-folder per task)."""
+              track: bool = True, require_quality_bar: bool = False, force_retrain: bool = False) -> Path:
+    """Run the pipeline; returns the folder of this run's artifacts (one sub-folder per task; the steps under the
+    retrain condition and the loops sit in their group's sub-folder). Training runs only when retrain-check says
+    so (data changed, no champion yet) or with `force_retrain`."""
     from kfp import local
 
     root = Path(root).resolve()
@@ -28,7 +30,8 @@ def run_local(root: Path, profile: "str | None" = None, params_path: Path = PARA
     name, params = profile_params(profile, params_path)
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
     make_pipeline(name, params, gpus=False)(workspace=str(root / "workspace"), render_workers=render_workers,
-                                             track=track, require_quality_bar=require_quality_bar)
+                                             track=track, require_quality_bar=require_quality_bar,
+                                             force_retrain=force_retrain)
     (run,) = set(pipeline_root.glob("*")) - before
     return run
 
@@ -41,8 +44,10 @@ def main(argv: "list[str] | None" = None) -> None:
     ap.add_argument("--render-workers", type=int, default=2)
     ap.add_argument("--track", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--require-quality-bar", action="store_true")
+    ap.add_argument("--force-retrain", action="store_true", help="train even when the data did not change")
     args = ap.parse_args(argv)
-    run = run_local(args.root, args.profile, args.params, args.render_workers, args.track, args.require_quality_bar)
+    run = run_local(args.root, args.profile, args.params, args.render_workers, args.track, args.require_quality_bar,
+                    args.force_retrain)
     print(f"pipeline finished: artifacts in {run}")
 
 

@@ -17,7 +17,7 @@ from relightful.models import EncoderConfig, ModelConfig, RelightModel
 from relightful.models.compositing import cover_canvas, cover_resize, uses_gain_field
 from relightful.models.harmonizer import Harmonizer, combine_guidance
 from relightful.models.schedule import TRAINING_NOISE
-from relightful.tracking import resolve_model
+from relightful.tracking.model_uri import resolve_model
 
 from conftest import micro_model_config
 

@@ -111,3 +111,19 @@ def test_tensor_shape_reads_only_the_header(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"xx")
     with pytest.raises(InputError, match=r"bad\.safetensors: not a valid safetensors file"):
         tensor_shape(tmp_path / "bad.safetensors", "matte")
+
+
+@pytest.mark.parametrize("suffix,shape", [(".exr", (24, 48, 3)), (".hdr", (24, 48, 3)), (".exr", (7, 5, 3)),
+                                          (".png", (9, 13, 3)), (".jpg", (16, 8, 3)), (".tif", (5, 6, 3))])
+def test_header_size_agrees_with_the_decoded_image(tmp_path, suffix, shape):
+    """The pixel limit is checked on the header's size: it must be the size the decoder then produces, for every
+    format (EXR and Radiance are parsed by relightful, the others by Pillow), from a path or from bytes."""
+    from relightful.io import image_header, write_ldr
+
+    path = tmp_path / f"x{suffix}"
+    image = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    hdr = suffix in (".exr", ".hdr")
+    (write_hdr if hdr else write_ldr)(path, image)
+    decoded = (read_hdr if hdr else read_ldr)(path)
+    assert image_header(path) == (decoded.shape[1], decoded.shape[0], hdr)
+    assert image_header(path.read_bytes()) == (decoded.shape[1], decoded.shape[0], hdr)

@@ -319,6 +319,7 @@ COMPONENT_ROLES = {
     "train_stage": "train_stage1",          # train_stage{1,2,3}: the stage is a parameter of the component
     "train_stage_across_nodes": "train_stage1",  # the same as a PyTorchJob over several pods
     "worker_indices": None,                 # a helper of the DAG: the indices of the render workers
+    "retrain_check": None,                  # the retrain decision before training (a step of the kfp DAG only)
 }
 
 

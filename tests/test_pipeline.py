@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines.compile import COMPILED, compile_pipeline  # noqa: E402
-from pipelines.relightful_pipeline import (CONFIG_MAP, S3_SECRET, WORKSPACE, WORKSPACE_PVC,  # noqa: E402
-                                           profile_params, without_nulls)
+from pipelines.relightful_pipeline import (CONFIG_MAP, RESOURCES, S3_SECRET, WORKSPACE,  # noqa: E402
+                                           WORKSPACE_PVC, profile_params, without_nulls)
 
 
 def _floats(x):
@@ -56,6 +57,46 @@ def compiled() -> tuple[dict, dict]:
     return docs[0], docs[1]
 
 
+def _walk(spec: dict, dag: dict | None = None, above: tuple = ()):
+    """(name, task, the group tasks above it, outermost first) of every task of the compiled pipeline, those in
+    loops and conditions included."""
+    dag = spec["root"]["dag"] if dag is None else dag
+    for name, task in dag["tasks"].items():
+        yield name, task, above
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            yield from _walk(spec, component["dag"], above + (task,))
+
+
+def _steps(spec: dict) -> dict[str, tuple[dict, tuple]]:
+    """name -> (task, groups above it) of the tasks that run a container (not loops or conditions)."""
+    return {name: (task, above) for name, task, above in _walk(spec)
+            if "dag" not in spec["components"][task["componentRef"]["name"]]}
+
+
+def _upstream(task: dict) -> set[str]:
+    found = set(task.get("dependentTasks", []))
+    for value in task.get("inputs", {}).get("artifacts", {}).values():
+        found.add(value.get("taskOutputArtifact", {}).get("producerTask"))
+    for value in task.get("inputs", {}).get("parameters", {}).values():
+        found.add(value.get("taskOutputParameter", {}).get("producerTask"))
+    return found - {None}
+
+
+# what trains, and what must wait for (and obey) the retrain decision
+TRAINING = {"train-stage", "train-stage-2", "train-stage-3", "augment", "evaluate", "promote"}
+# caching by step: on for the deterministic data steps, off for the retrain decision, training, evaluation (its
+# tracking: metrics to the candidate's run, tags on its version) and promotion
+CACHE_ON = {"starter-data", "synthetic-stage", "ingest-hdr", "worker-indices", "render-pairs-part", "merge-pairs",
+            "validate-data", "natural-starter", "augment"}
+CACHE_OFF = {"retrain-check", "train-stage", "train-stage-2", "train-stage-3", "evaluate", "promote"}
+# the class of CPU and memory parameters each step is sized by
+RESOURCE_CLASS = {**{name: "data" for name in CACHE_ON | {"retrain-check"}}, "augment": "infer", "evaluate": "infer",
+                  "promote": "infer", "train-stage": "train", "train-stage-2": "train", "train-stage-3": "train"}
+RESOURCE_FIELDS = {"resourceCpuRequest": "cpu_request", "resourceCpuLimit": "cpu_limit",
+                   "resourceMemoryRequest": "memory_request", "resourceMemoryLimit": "memory_limit"}
+
+
 @pytest.mark.skipif(bool(os.environ.get("RELIGHTFUL_IMAGE") or os.environ.get("RELIGHTFUL_CUDA_IMAGE")),
                     reason="compiling for another registry")
 def test_committed_yaml_is_what_the_code_compiles_to(tmp_path):
@@ -69,14 +110,11 @@ def test_committed_yaml_is_what_the_code_compiles_to(tmp_path):
 
 def test_dag_follows_the_workflow(compiled):
     spec, _ = compiled
-    tasks = spec["root"]["dag"]["tasks"]
+    steps = _steps(spec)
 
-    def upstream(name: str) -> set[str]:
-        task = tasks[name]
-        found = set(task.get("dependentTasks", []))
-        for value in task.get("inputs", {}).get("artifacts", {}).values():
-            found.add(value.get("taskOutputArtifact", {}).get("producerTask"))
-        return found - {None}
+    def upstream(name: str) -> set[str]:  # a step's own inputs and those of the groups it sits in
+        task, above = steps[name]
+        return set().union(_upstream(task), *(_upstream(group) for group in above))
 
     assert {"starter-data", "synthetic-stage"} <= upstream("ingest-hdr")
     assert {"merge-pairs", "validate-data"} <= upstream("train-stage")
@@ -85,14 +123,106 @@ def test_dag_follows_the_workflow(compiled):
     assert {"augment", "train-stage-2"} <= upstream("train-stage-3")
     assert {"train-stage-3", "merge-pairs", "augment", "synthetic-stage"} <= upstream("evaluate")
     assert {"train-stage", "train-stage-2"} <= upstream("evaluate")  # stages 1-2 scored beside stage 3
+    assert {"train-stage", "train-stage-2", "train-stage-3", "evaluate"} <= upstream("promote")
     # rendering fans out over workers, the merge collects them all
+    tasks = spec["root"]["dag"]["tasks"]
     loop = next(t for t in tasks.values() if "iteratorPolicy" in t or "parameterIterator" in t)
     assert loop["parameterIterator"]["items"]["inputParameter"]
     assert "render-pairs-part" in spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    # promotion only when tracking is on
-    condition = next(t for t in tasks.values() if t.get("triggerPolicy", {}).get("condition"))
-    assert "track" in condition["triggerPolicy"]["condition"]
-    assert "promote" in spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    # promotion only when tracking is on (inside the retrain condition)
+    _, above = steps["promote"]
+    assert "pipelinechannel--track'] == true" in above[-1]["triggerPolicy"]["condition"]
+
+
+def test_retrain_check_comes_first(compiled):
+    """retrain-check runs on the validated data before anything trains; every step that trains, evaluates or
+    promotes sits under the condition on its answer (and so waits for it); `force_retrain` is a parameter."""
+    spec, _ = compiled
+    steps = _steps(spec)
+    check, above = steps["retrain-check"]
+    assert above == ()  # a step of the pipeline itself, not itself conditioned
+    assert _upstream(check) == {"merge-pairs", "validate-data"}  # the data it checks, validated
+    assert not TRAINING & set(_upstream(check))
+    assert check["inputs"]["artifacts"]["pairs"]["taskOutputArtifact"] == {"outputArtifactKey": "pairs",
+                                                                           "producerTask": "merge-pairs"}
+    assert check["inputs"]["parameters"]["force"]["componentInputParameter"] == "force_retrain"
+    assert check["inputs"]["parameters"]["model_name"]["runtimeValue"]["constant"] == "relightful-stage1"
+    assert check["inputs"]["parameters"]["alias"]["runtimeValue"]["constant"] == "champion"
+    outputs = spec["components"][check["componentRef"]["name"]]["outputDefinitions"]["parameters"]
+    assert outputs["Output"]["parameterType"] == "STRING"
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["force_retrain"]["parameterType"] == "BOOLEAN" and inputs["force_retrain"]["defaultValue"] is False
+
+    gate = "inputs.parameter_values['pipelinechannel--retrain-check-Output'] == 'retrain'"
+    conditioned = {name for name, (task, above) in steps.items()
+                   if any(g.get("triggerPolicy", {}).get("condition") == gate and "retrain-check" in
+                          g.get("dependentTasks", []) for g in above)}
+    assert conditioned == TRAINING  # all of training, and nothing else
+    for name in TRAINING:  # the decision is the only condition a training step needs besides `track` for promote
+        conditions = [g["triggerPolicy"]["condition"] for g in steps[name][1] if "triggerPolicy" in g]
+        assert conditions[0] == gate, name
+
+
+def test_caching_is_explicit_per_step(compiled):
+    spec, _ = compiled
+    steps = _steps(spec)
+    assert set(steps) == CACHE_ON | CACHE_OFF  # a new step must be added here, with its caching decided
+    for name, (task, _) in steps.items():
+        assert "cachingOptions" in task, name
+        assert task["cachingOptions"].get("enableCache", False) is (name in CACHE_ON), name
+
+
+def test_every_step_has_cpu_and_memory_requests_and_limits_from_parameters(compiled):
+    spec, _ = compiled
+    steps = _steps(spec)
+    executors = spec["deploymentSpec"]["executors"]
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    for name, (task, above) in steps.items():
+        component = spec["components"][task["componentRef"]["name"]]
+        resources = executors[component["executorLabel"]]["container"]["resources"]
+        assert not {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest"} & set(resources), name  # no constants
+        for field, suffix in RESOURCE_FIELDS.items():
+            parameter = f"{RESOURCE_CLASS[name]}_{suffix}"
+            channel = f"pipelinechannel--{parameter}"
+            assert resources[field] == f"{{{{$.inputs.parameters['{channel}']}}}}", (name, field)
+            # fed from the pipeline parameter, through every group the step sits in
+            for holder in (task, *above):
+                assert holder["inputs"]["parameters"][channel]["componentInputParameter"] in (parameter, channel)
+            assert inputs[parameter]["parameterType"] == "STRING"
+    cpu, memory = r"^([0-9]*[.])?[0-9]+m?$", r"^[0-9]+(Ei|Pi|Ti|Gi|Mi|Ki|E|P|T|G|M|K)?$"
+    for kind, (cpu_request, cpu_limit, memory_request, memory_limit) in RESOURCES["gpu"].items():
+        assert inputs[f"{kind}_cpu_request"]["defaultValue"] == cpu_request
+        assert inputs[f"{kind}_memory_limit"]["defaultValue"] == memory_limit
+    for table in RESOURCES.values():  # defaults are Kubernetes quantities, requests within limits
+        for cpu_request, cpu_limit, memory_request, memory_limit in table.values():
+            assert all(re.match(cpu, v) for v in (cpu_request, cpu_limit))
+            assert all(re.match(memory, v) for v in (memory_request, memory_limit))
+            assert float(cpu_request) <= float(cpu_limit)
+            assert _bytes(memory_request) <= _bytes(memory_limit)
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.match(r"^([0-9]+)([A-Za-z]*)$", quantity).groups()
+    return int(number) * {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6,
+                          "G": 10**9, "T": 10**12}[unit]
+
+
+def test_tiny_compile_has_the_tiny_resources(tmp_path):
+    spec, _ = yaml.safe_load_all(compile_pipeline(tmp_path / "tiny.yaml", profile="tiny", gpus=False).read_text())
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    for kind, values in RESOURCES["tiny"].items():
+        got = tuple(inputs[f"{kind}_{f}"]["defaultValue"] for f in ("cpu_request", "cpu_limit", "memory_request",
+                                                                    "memory_limit"))
+        assert got == values, kind
+    executors = spec["deploymentSpec"]["executors"]
+    assert all("accelerator" not in e["container"]["resources"] for e in executors.values())
+
+
+def test_validation_report_is_a_markdown_artifact(compiled):
+    spec, _ = compiled
+    outputs = spec["components"]["comp-validate-data"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert outputs["validation"]["artifactType"]["schemaTitle"] == "system.Artifact"
 
 
 def test_defaults_are_the_gpu_profile(compiled):
@@ -125,15 +255,15 @@ def test_cluster_wiring(compiled):
     assert containers["exec-ingest-hdr"]["container"]["image"].endswith("-cpu")
     for name, executor in containers.items():  # the images carry kfp: a step installs nothing when it starts
         assert "pip install" not in " ".join(executor["container"]["command"]), name
-    assert "resources" not in containers["exec-ingest-hdr"]["container"]
-    retried = [t for t in spec["root"]["dag"]["tasks"].values() if "retryPolicy" in t]
-    assert len(retried) == 3
+    assert "accelerator" not in containers["exec-ingest-hdr"]["container"]["resources"]
+    retried = [name for name, (t, _) in _steps(spec).items() if "retryPolicy" in t]
+    assert sorted(retried) == ["train-stage", "train-stage-2", "train-stage-3"]
 
 
 def test_across_nodes_compiles_to_launcher_steps(tmp_path):
     """--num-nodes 2: the training steps launch PyTorchJobs in the CUDA image and hold no GPU themselves."""
     spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "mn.yaml", num_nodes=2).read_text())
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = {name: task for name, (task, _) in _steps(spec).items()}
     launchers = [n for n in tasks if n.startswith("train-stage-across-nodes")]
     assert len(launchers) == 3 and not any(n.startswith("train-stage") and n not in launchers for n in tasks)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -143,7 +273,26 @@ def test_across_nodes_compiles_to_launcher_steps(tmp_path):
         assert constants["image"]["runtimeValue"]["constant"].endswith("-cuda")
         container = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
         assert "accelerator" not in container.get("resources", {})
+        assert container["resources"]["resourceCpuRequest"].endswith("data_cpu_request']}}")  # a launcher only
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False
         assert executors[f"exec-{name}"]["pvcMount"][0]["mountPath"] == WORKSPACE
+
+
+def test_retrain_check_step_answers(tmp_path, monkeypatch):
+    """The step's answers without a pipeline: forced or untracked runs retrain without asking the registry; a check
+    that cannot decide (no manifest, so no data version) fails the step instead of reading as either answer."""
+    from kfp.dsl import Dataset
+
+    from components.job import JobError
+    from components.registry import retrain_check
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    empty = Dataset(name="pairs", uri=str(tmp_path / "no-pairs"))
+    ask = dict(pairs=empty, model_name="relightful-stage1", alias="champion")
+    assert retrain_check.python_func(track=True, force=True, **ask) == "retrain"
+    assert retrain_check.python_func(track=False, force=False, **ask) == "retrain"
+    with pytest.raises(JobError, match="cannot tell whether to retrain"):
+        retrain_check.python_func(track=True, force=False, **ask)
 
 
 # --- parameters ------------------------------------------------------------------------------------------------
@@ -171,19 +320,41 @@ def test_whole_numbers_only_for_integer_fields():
 # --- the local run ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> tuple[Path, str]:
-    """The whole pipeline on the smoke profile, tracked to a fresh MLflow store, in a clean subprocess."""
+def local_setup(tmp_path_factory) -> tuple[Path, dict, str]:
+    """(root, environment, tracking URI) of the local runs: a fresh MLflow store, no launcher variables."""
     root = tmp_path_factory.mktemp("kfp")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     launcher = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RELIGHTFUL_")) and k not in launcher}
     env.update(MLFLOW_TRACKING_URI=uri, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return root, env, uri
+
+
+def _run_local(root: Path, env: dict) -> Path:
+    """One whole run on the smoke profile, in a clean subprocess; returns its artifacts folder."""
+    before = set((root / "pipeline-root").glob("*"))
+    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--profile", "smoke", "--root", str(root),
                            "--render-workers", "2"], cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"local run failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    (run,) = (root / "pipeline-root").iterdir()
-    return run, uri
+    (run,) = set((root / "pipeline-root").glob("*")) - before
+    print(f"local run {run.name}: {time.perf_counter() - start:.0f} s")
+    return run
+
+
+@pytest.fixture(scope="module")
+def local_run(local_setup) -> tuple[Path, str]:
+    """The whole pipeline on the smoke profile, tracked to a fresh MLflow store: no champion yet, so it trains."""
+    root, env, uri = local_setup
+    return _run_local(root, env), uri
+
+
+def _task(run: Path, name: str) -> Path:
+    """The folder of task `name` in a local run (tasks in loops and conditions sit in their group's folder)."""
+    found = [p for p in run.rglob(name) if (p / "executor_output.json").is_file()]
+    assert len(found) == 1, f"{name}: {found}"
+    return found[0]
 
 
 def _outputs(task_dir: Path) -> dict:
@@ -195,19 +366,23 @@ def test_sharded_render_equals_one_run(local_run, tmp_path):
     from relightful.lighting import LedRig
 
     run, _ = local_run
-    stage, envmaps = run / "synthetic-stage" / "lightstage", run / "ingest-hdr" / "envmaps"
+    stage, envmaps = _task(run, "synthetic-stage") / "lightstage", _task(run, "ingest-hdr") / "envmaps"
     parts = sorted(run.glob("for-loop-*/render-pairs-part/part"))
     assert len(parts) == 2 and all(any(p.glob("shard-*.safetensors")) for p in parts)
     config = load_config(RenderConfig, REPO / "params.yaml", "render_pairs", profile="smoke")
     single = render_pairs(stage / "subjects", LedRig.from_json(stage / "rig.json"), envmaps, tmp_path / "one", config,
                           progress=False)
-    merged = run / "merge-pairs" / "pairs"
+    merged = _task(run, "merge-pairs") / "pairs"
     pd.testing.assert_frame_equal(pd.read_parquet(merged / "manifest.parquet"), single)
     for shard in sorted((tmp_path / "one").glob("shard-*.safetensors")):
         a, b = load_tensors(shard), load_tensors(merged / shard.name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    report = json.loads((run / "validate-data" / "report" / "data_validation.json").read_text())
+    checked = _task(run, "validate-data")
+    report = json.loads((checked / "validation" / "data_validation.json").read_text())
     assert report["success"] is True
+    markdown = (checked / "report").read_text()  # the Markdown artifact the Kubeflow UI shows
+    assert markdown == (checked / "validation" / "data_validation.md").read_text()
+    assert markdown.lstrip().startswith("#") and "Passed checks" in markdown
 
 
 def test_models_registered_evaluated_and_promoted(local_run):
@@ -217,26 +392,52 @@ def test_models_registered_evaluated_and_promoted(local_run):
 
     run, uri = local_run
     client = MlflowClient(uri)
-    stage3 = run / "train-stage-3" / "model"
+    assert _outputs(_task(run, "retrain-check"))["parameterValues"]["Output"] == "retrain"  # no champion yet
+    stage3 = _task(run, "train-stage-3") / "model"
     for task, name in (("train-stage", "relightful-stage1"), ("train-stage-2", "relightful-stage2"),
                        ("train-stage-3", "relightful-stage3")):
-        version = find_version_of_folder(client, run / task / "model", [name])
+        version = find_version_of_folder(client, _task(run, task) / "model", [name])
         assert version is not None, f"{task}'s model is not registered as {name}"
-        metrics = _outputs(run / task)["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        metrics = _outputs(_task(run, task))["artifacts"]["metrics"]["artifacts"][0]["metadata"]
         assert metrics["steps"] > 0 and metrics["loss"] > 0
-        assert "<img src='data:image/png;base64," in (run / task / "samples").read_text()
+        assert "<img src='data:image/png;base64," in (_task(run, task) / "samples").read_text()
+        if name != "relightful-stage3":  # the champion's lineage: what the next run's retrain-check compares with
+            lineage = client.get_model_version_by_alias(name, "champion")
+            assert str(lineage.version) == str(version.version), name
     champion = client.get_model_version_by_alias("relightful-stage3", "champion")
     assert str(champion.version) == str(find_version_of_folder(client, stage3, ["relightful-stage3"]).version)
-    decision = json.loads((run / "promote" / "decision").read_text())
+    gate = _task(run, "promote")
+    decision = json.loads((gate / "decision").read_text())
     assert decision["decision"] == "champion" and decision["version"] == str(champion.version)
-    assert _outputs(run / "promote")["parameterValues"]["Output"] == "champion"
+    assert _outputs(gate)["parameterValues"]["Output"] == "champion"
 
-    summary = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
-    logged = _outputs(run / "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    scored = _task(run, "evaluate")
+    summary = json.loads((scored / "evaluation" / "metrics.json").read_text())
+    logged = _outputs(scored)["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     model = summary["lightstage"]["methods"]["model"]
     assert logged["lightstage.model.fg_psnr"] == pytest.approx(model["fg_psnr"])
-    assert (run / "evaluate" / "report").read_text().lstrip().lower().startswith(("<!doctype", "<html"))
+    assert (scored / "report").read_text().lstrip().lower().startswith(("<!doctype", "<html"))
     assert client.get_model_version("relightful-stage3", champion.version).tags.get("eval.fg_psnr")
+
+
+def test_a_second_run_on_the_same_data_trains_nothing(local_setup, local_run):
+    """The same params again: the data steps give the same pairs, retrain-check finds them in the champion's
+    lineage and answers "up-to-date", and nothing under its condition runs: no training, evaluation or promotion,
+    no new model version."""
+    from mlflow import MlflowClient
+
+    root, env, uri = local_setup
+    first, _ = local_run
+    client = MlflowClient(uri)
+    versions = {n: len(client.search_model_versions(f"name='{n}'")) for n in
+                ("relightful-stage1", "relightful-stage2", "relightful-stage3")}
+    run = _run_local(root, env)
+    assert _outputs(_task(run, "retrain-check"))["parameterValues"]["Output"] == "up-to-date"
+    assert (_task(run, "merge-pairs") / "pairs" / "manifest.parquet").read_bytes() == \
+        (_task(first, "merge-pairs") / "pairs" / "manifest.parquet").read_bytes()
+    ran = {p.name for p in run.rglob("*") if (p / "executor_output.json").is_file()}
+    assert not ran & {"train-stage", "train-stage-2", "train-stage-3", "augment", "evaluate", "promote"}, ran
+    assert {n: len(client.search_model_versions(f"name='{n}'")) for n in versions} == versions
 
 
 # --- stand-ins for the cluster's APIs ----------------------------------------------------------------------------

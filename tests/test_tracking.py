@@ -19,7 +19,9 @@ import yaml
 
 from relightful.cli import main
 from relightful.models import RelightModel
-from relightful.tracking import data_version, git_commit, register_stage_model, resolve_model
+from relightful.tracking.lineage import data_version, git_commit
+from relightful.tracking.model_uri import resolve_model
+from relightful.tracking.registry import register_stage_model
 from relightful.tracking.jobs import log_training
 from relightful.tracking.promotion import CHAMPION, PromoteConfig, PromotionError, promote
 from relightful.tracking.runs import RunTracker, TrackingError, flatten, make_client
@@ -631,3 +633,25 @@ def test_data_jobs_log_a_run_with_their_config_and_reports(workspace, sqlite_uri
     assert render.data.metrics["n_pairs"] == n_pairs > 0
     assert [f.path for f in client.list_artifacts(render.info.run_id, "reports")] == ["reports/report.json"]
     assert runs["ingest-hdr"].data.params["ingest_hdr.height"] == "16"
+
+
+def test_unreachable_store_check_is_bounded_redacted_and_names_the_setting(monkeypatch):
+    """What `train` runs before training, against a dead server whose URI carries a password: it fails within the
+    CLI's retry bounds, names the URI without the password, and says which setting to raise."""
+    import time
+
+    from relightful.tracking.jobs import check_tracking
+    from relightful.tracking.http import HTTP_BOUNDS, http_retry_bounds
+
+    for key in HTTP_BOUNDS:
+        monkeypatch.delenv(key, raising=False)
+    port = free_port()
+    start = time.monotonic()
+    with http_retry_bounds(), pytest.raises(TrackingError) as info:
+        check_tracking(f"http://mlflow-user:pw-9f8e7d@127.0.0.1:{port}")
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert message.startswith(f"MLflow tracking at http://***@127.0.0.1:{port}: the tracking store cannot be reached")
+    assert "pw-9f8e7d" not in message and "mlflow-user" not in message
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=2" in message and "raise these settings" in message
+    assert not any(key in os.environ for key in HTTP_BOUNDS)

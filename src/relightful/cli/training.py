@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relightful.cli.common import JobFailed, add_params
+from relightful.cli.common import JobFailed, add_params, check_output_folder
 from relightful.cli.hooks import add_train_tracking_options, start_tracking, track_training
 
 
@@ -27,6 +27,7 @@ def cmd_train(args) -> None:
         raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
     out = args.out or Path(f"models/stage{args.stage}")
     run_dir = args.run_dir or Path(f"runs/stage{args.stage}")
+    check_output_folder(out, {"--init": args.init, "--pairs": args.pairs})  # before hours of training
     tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
     result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
                          progress=not args.quiet, samples_dir=args.samples)

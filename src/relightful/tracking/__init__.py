@@ -3,12 +3,8 @@ imports mlflow (always lazily, inside functions, so the rest of the library and 
 
 Modules: `runs` (one run per job), `registry` (stage models as registered versions), `lineage` (data version and
 git commit), `jobs` (what each job logs), `retrain` (retrain-or-not), `promotion` (the champion gate),
-`model_uri` (`--model` resolution), `s3` (checksummed object transfers)."""
+`model_uri` (`--model` resolution), `http` (how long MLflow's client may retry), `mlflow_model` (what a version's
+MLflow model is logged with), `s3` (checksummed object transfers).
 
-from relightful.tracking.lineage import DataVersion, data_version, git_commit
-from relightful.tracking.model_uri import default_tracking_uri, is_model_uri, resolve_model
-from relightful.tracking.registry import RegisteredVersion, register_stage_model, stage_model_name
-from relightful.tracking.runs import RunTracker, TrackingError
-
-__all__ = ["DataVersion", "RegisteredVersion", "RunTracker", "TrackingError", "data_version", "default_tracking_uri",
-           "git_commit", "is_model_uri", "register_stage_model", "resolve_model", "stage_model_name"]
+Nothing is imported here: the CLI imports `runs` and `http` for its error handling, and must not pull the registry
+and the model code into every job (see tests/test_layout.py)."""

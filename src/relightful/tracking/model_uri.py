@@ -55,8 +55,11 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None, dst: str |
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=None if dst is None else str(dst),
                                                     tracking_uri=uri, registry_uri=registry)
-    except MlflowException as err:
-        raise InputError(text, f"cannot resolve the MLflow URI against {uri} ({err.message})") from None
+    except MlflowException as err:  # InputError redacts the URI and message (user:password@, ?token=)
+        from relightful.tracking.http import unreachable_hint
+
+        raise InputError(text, f"cannot resolve the MLflow URI against {uri} ({err.message}){unreachable_hint(err)}"
+                         ) from None
     except OSError as err:
-        raise InputError(text, f"cannot download the model artifacts ({err})") from None
+        raise InputError(text, f"cannot download the model artifacts from {uri} ({err})") from None
     return _model_folder(Path(local), text)

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from relightful.io.errors import redact
+from relightful.tracking.http import unreachable_hint
 from relightful.tracking.model_uri import default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,8 @@ class TrackingError(RuntimeError):
     """The tracking server or store could not be used; the message names the tracking URI and the reason."""
 
     def __init__(self, uri: str, reason: str):
-        self.uri, self.reason = uri, reason
-        super().__init__(f"MLflow tracking at {uri}: {reason}")
+        self.uri, self.reason = redact(uri), redact(reason)  # a URI may hold user:password@ or ?token=
+        super().__init__(f"MLflow tracking at {self.uri}: {self.reason}")
 
 
 def local_artifact_root(uri: str) -> Path | None:
@@ -142,7 +144,7 @@ class RunTracker:
         except TrackingError:
             if not quiet:
                 raise
-            log.warning("could not mark run %s %s at %s", self.run_id, status, self.uri)
+            log.warning("could not mark run %s %s at %s", self.run_id, status, redact(self.uri))
 
 
 def make_client(uri: str):
@@ -168,8 +170,8 @@ def ensure_experiment(client, name: str, uri: str) -> str:
             experiment = client.get_experiment_by_name(name)
     location = experiment.artifact_location or ""
     if root is not None and location.startswith("file:") and location != root.as_uri():  # S3 etc.: deliberate
-        log.warning("experiment %r at %s keeps its artifacts in %s (not %s)", name, uri,
-                    experiment.artifact_location, root.as_uri())
+        log.warning("experiment %r at %s keeps its artifacts in %s (not %s)", name, redact(uri),
+                    redact(experiment.artifact_location), root.as_uri())
     return experiment.experiment_id
 
 
@@ -187,7 +189,7 @@ def tracking_errors(uri: str, what: str) -> Iterator[None]:
                 ("requests", "urllib3", "botocore", "boto3", "sqlalchemy"))):
             raise
         message = getattr(exc, "message", None) or str(exc)
-        raise TrackingError(uri, f"{what} ({type(exc).__name__}: {message[:500]})") from exc
+        raise TrackingError(uri, f"{what} ({type(exc).__name__}: {message[:500]}){unreachable_hint(exc)}") from exc
 
 
 __all__ = ["EXPERIMENT", "RunTracker", "TrackingError", "ensure_experiment", "flatten", "local_artifact_root",
