@@ -297,3 +297,31 @@ def test_pairs_larger_than_the_model_keep_the_photos_detail(natural, model_dir):
     neighbours = (x_a[:, :, 1:] / x_b[:, :, 1:].clamp_min(1e-3) - x_a[:, :, :-1] / x_b[:, :, :-1].clamp_min(1e-3))
     both = inside[:, 1:] & inside[:, :-1]
     assert gain.std() > 0 and neighbours[:, both].abs().median() < 0.25 * gain.std()
+
+
+def test_inputs_left_out_are_reported_with_the_reason(natural, model_dir, caplog):
+    """Nothing in the input folders is passed over in silence: a symlink loop, a stray file where portrait
+    folders belong, a background of another type, a hidden entry, an EXR named .png."""
+    import logging
+    import shutil
+
+    portraits, backgrounds = natural["portraits"], natural["backgrounds"]
+    (portraits / "loop").symlink_to(portraits / "loop")
+    (portraits / "notes.txt").write_text("x")
+    (portraits / ".cache").mkdir()
+    (backgrounds / "sky.gif").write_bytes(b"GIF89a")
+    (backgrounds / "gone.png").symlink_to(backgrounds / "nowhere.png")
+    make_maps(natural["root"] / "hdri", 1)
+    shutil.copy(natural["root"] / "hdri" / "map-00.exr", backgrounds / "hdr.png")  # an EXR named .png
+    with caplog.at_level(logging.WARNING):
+        result = augment_pairs(portraits, backgrounds, model_dir, natural["out"], CONFIG, progress=False)
+    skipped = {Path(k).name: v for k, v in result.skipped_inputs.items()}
+    assert set(skipped) == {"loop", "notes.txt", ".cache", "sky.gif"}
+    assert skipped["loop"] == "symlink loop" and skipped[".cache"] == "hidden entry"
+    assert "a portrait is a folder" in skipped["notes.txt"] and ".png" in skipped["sky.gif"]
+    assert "gone.png" in result.failed_backgrounds and "hdr.png" in result.failed_backgrounds
+    assert "8- or 16-bit" in result.failed_backgrounds["hdr.png"]
+    report = json.loads((natural["out"] / "report.json").read_text())
+    assert {Path(s["file"]).name for s in report["skipped_inputs"]} == set(skipped)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(name in logged for name in (*skipped, "gone.png", "hdr.png"))

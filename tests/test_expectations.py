@@ -53,7 +53,7 @@ def good_pairs() -> pd.DataFrame:
             for n, (env_a, env_b) in enumerate(((a, b), (b, a))):
                 rows.append({
                     "pair_id": f"{split}-{subject}-{n:04d}", "shard": f"shard-{index // 4:05d}.safetensors",
-                    "index": index % 4, "subject_id": subject, "env_a": env_a, "env_b": env_b,
+                    "index": index % 4, "shard_fingerprint": f"{index // 4:064x}", "subject_id": subject, "env_a": env_a, "env_b": env_b,
                     "rotation_a_deg": 10.0 * index, "rotation_b_deg": 359.5 - index, "fov_deg": 40.0 + index,
                     "pitch_deg": -5.0, "exposure_a_stops": 0.5, "exposure_b_stops": -0.25, "split": split, "scale": 0.8, "matte_coverage": 0.3, "fg_mean_a": 0.2,
                     "fg_mean_b": 0.25, "fg_max": 1.0, "bg_mean": 0.4, "bg_max": 3.5,
@@ -64,8 +64,21 @@ def good_pairs() -> pd.DataFrame:
     return df
 
 
+def write_shards(folder: Path, pairs: pd.DataFrame) -> None:
+    """Header-only stand-ins for the shards of `pairs`: the fingerprint and pair ids validate-data compares."""
+    import torch
+
+    from relightful.io import save_tensors
+
+    for shard, rows in pairs.groupby("shard"):
+        rows = rows.sort_values("index")
+        save_tensors(folder / shard, {"matte": torch.zeros(len(rows), 1, 1, 1)},
+                     {"fingerprint": rows.shard_fingerprint.iloc[0], "pair_ids": ",".join(rows.pair_id)})
+
+
 def run(tmp_path: Path, envmaps: pd.DataFrame | None, pairs: pd.DataFrame | None) -> tuple[ValidationReport, dict]:
-    """Write the manifests as parquet, validate them through the public entry point, read the report back."""
+    """Write the manifests as parquet (the pairs beside the shards of the good plan), validate them through the
+    public entry point, read the report back."""
     env_path = pair_path = None
     if envmaps is not None:
         env_path = tmp_path / "envmaps" / "manifest.parquet"
@@ -74,6 +87,7 @@ def run(tmp_path: Path, envmaps: pd.DataFrame | None, pairs: pd.DataFrame | None
     if pairs is not None:
         pair_path = tmp_path / "pairs" / "manifest.parquet"
         pair_path.parent.mkdir(parents=True, exist_ok=True)
+        write_shards(pair_path.parent, good_pairs())
         pairs.to_parquet(pair_path, index=False)
     report_path = tmp_path / "reports" / "data_validation.json"
     report = validate_data(env_path, pair_path, report_path, FOV, MATTE)

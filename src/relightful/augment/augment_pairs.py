@@ -18,7 +18,13 @@ Resuming: each shard's metadata holds a fingerprint of everything its pixels dep
 checksums of its photos, mattes and backgrounds, the model's files, the sampling settings). A shard whose file
 already has the fingerprint it would get is kept as it is, byte for byte; its manifest rows come from its metadata.
 So a killed run continues where it stopped, and a changed input re-renders only the shards it touches. Sampling is
-deterministic for a seed: every batch's noise seed is a hash of the seed, the shard and the batch's position.
+deterministic for a seed: every batch's noise seed is a hash of the seed, the shard and the batch's position. The
+manifest records each shard's fingerprint (`shard_fingerprint`), so validation can tell a manifest from the shards.
+
+Before any work, a run deletes the manifest (first), the report and every shard it will not keep, and the temp files
+of killed writes (data/shards.py `prepare_output`): a kill at any moment leaves no manifest over other shards. Every
+entry of the input folders that is not used is reported (report.json `failed_*` and `skipped_inputs`, and stderr):
+a symlink loop, a file where a portrait folder belongs, a background with another suffix.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +47,19 @@ from relightful.augment.natural_pair_plan import plan_natural_pairs
 from relightful.augment.portraits import (Background, Portrait, load_background, load_portrait, scan_backgrounds,
                                           scan_portraits)
 from relightful.data.schema import NATURAL_PAIR_COLUMNS
-from relightful.data.shards import MANIFEST, ShardWriter, write_manifest
+from relightful.augment.portraits import BACKGROUND_SUFFIXES
+from relightful.data.shards import (FINGERPRINT, MANIFEST, SHARD_FINGERPRINT, ShardWriter, prepare_output,
+                                    write_manifest)
 from relightful.data.splits import stable_hash
 from relightful.io import InputError, atomic_write_text, read_metadata
+from relightful.io.atomic import remove_temp_files
 from relightful.io.digest import folder_digest
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.json"
 MATTES_DIR = "mattes"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: manifest rows (and so shard metadata) carry shard_fingerprint
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -61,6 +70,7 @@ class AugmentResult:
     failed_backgrounds: dict[str, str]
     rendered_shards: list[str]
     kept_shards: list[str]
+    skipped_inputs: dict[str, str] = field(default_factory=dict)  # input entries neither used nor rejected, why
 
 
 # --- fingerprints --------------------------------------------------------------------------------------------------
@@ -92,6 +102,38 @@ def shard_fingerprint(rows: pd.DataFrame, portraits: dict[str, Portrait], backgr
 
 def batch_seed(seed: int, shard: str, start: int) -> int:
     return stable_hash(seed, "noise", shard, start) % (2**63)
+
+
+# --- inputs nobody else reports -----------------------------------------------------------------------------------
+
+def _entry_problem(path: Path) -> str | None:
+    """Why a folder entry cannot be looked at (a symlink loop, a dangling link), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "symlink loop"
+    except OSError:
+        return f"dangling symlink (to {path.readlink()})"
+    return None
+
+
+def unscanned_entries(portraits_dir: Path, backgrounds_dir: Path, used: set[Path]) -> dict[str, str]:
+    """{path: why} for every entry of the two input folders that the scans neither used nor rejected (`used`
+    holds both), so nothing is passed over in silence."""
+    skipped = {}
+    for folder, expected in ((portraits_dir, "a portrait is a folder holding image.png (or .jpg) and matte.png"),
+                             (backgrounds_dir, f"backgrounds are files named {', '.join(BACKGROUND_SUFFIXES)}")):
+        for path in sorted(folder.iterdir()):
+            if path in used:
+                continue
+            problem = _entry_problem(path)
+            if problem is None:
+                problem = "hidden entry" if path.name.startswith(".") else f"not used: {expected}"
+            skipped[str(path)] = problem
+            log.warning("skipped %s: %s", path, problem)
+    return skipped
 
 
 # --- relighting ----------------------------------------------------------------------------------------------------
@@ -215,6 +257,7 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
     """
     config = dataclasses.replace(config or AugmentConfig(), **overrides)
     out_dir = Path(out_dir)
+    remove_temp_files(out_dir / MATTES_DIR)  # a matte write killed in an earlier run
     model_dir = resolve(model_folder)
     from relightful.models.relight_model import read_model_meta
 
@@ -230,6 +273,9 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
                                         f"{'; '.join(failed.values()) or 'folder is empty'})")
     by_id = {p.portrait_id: p for p in portraits}
     bg_by_id = {b.background_id: b for b in backgrounds}
+    used = ({Path(portraits_dir) / i for i in [*by_id, *failed]}
+            | {b.path for b in backgrounds} | {Path(backgrounds_dir) / f for f in failed_bg})
+    skipped = unscanned_entries(Path(portraits_dir), Path(backgrounds_dir), used)
     plan = plan_natural_pairs(list(by_id), list(bg_by_id), config.pairs_per_portrait, config.pairs_per_shard,
                               config.split_fractions, config.seed)
     plan["matte_source"] = plan.subject_id.map(lambda p: by_id[p].matte_source)
@@ -248,37 +294,36 @@ def augment_pairs(portraits_dir: str | Path, backgrounds_dir: str | Path, model_
             written.append(existing)
             kept.append(name)
     todo = [s for s in shards if s not in kept]
+    plan[SHARD_FINGERPRINT] = plan.shard.map(fingerprints)
+    # the manifest first, then what this run replaces: the report, shards it will not keep, killed writes' temps
+    stale = [p.name for p in sorted(out_dir.glob("shard-*.safetensors")) if p.name not in kept]
+    prepare_output(out_dir, [REPORT, *stale])
 
     relighter = load_relighter(model_dir, config) if todo else None
     portrait_cache = _Cache(lambda p: load_portrait(by_id[p], config.size), capacity=4)
     background_cache = _Cache(lambda b: load_background(bg_by_id[b], config.size), capacity=64)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if todo:  # the manifest's presence means "complete": a run killed from here on leaves none
-        (out_dir / MANIFEST).unlink(missing_ok=True)
     with ShardWriter() as writer, tqdm(total=len(plan), initial=len(plan) - int(plan.shard.isin(todo).sum()),
                                             desc="augment", unit="pair", disable=not progress) as bar:
         for name in todo:
             tensors, rows = render_shard(plan[plan.shard == name], portrait_cache, background_cache, relighter,
                                          config, bar)
             rows = manifest_frame(rows)
-            metadata = {"pair_ids": ",".join(rows.pair_id), "fingerprint": fingerprints[name],
+            metadata = {"pair_ids": ",".join(rows.pair_id), FINGERPRINT: fingerprints[name],
                         "rows": json.dumps(rows.to_dict(orient="records"))}
             writer.submit(out_dir / name, tensors, metadata)
             written.append(rows)
             rendered.append(name)
-    for stale in out_dir.glob("shard-*.safetensors"):
-        if stale.name not in fingerprints:
-            stale.unlink()
     manifest = manifest_frame(pd.concat(written)).sort_values(["shard", "index"], kind="stable").reset_index(drop=True)
     report = {"n_pairs": len(manifest), "splits": manifest.split.value_counts().to_dict(),
               "portraits": len(portraits), "backgrounds": len(backgrounds), "model": str(model_folder),
               "model_sha256": model_id,
               "rendered_shards": rendered, "kept_shards": kept,
               "failed_portraits": [{"portrait_id": k, "error": v} for k, v in sorted(failed.items())],
-              "failed_backgrounds": [{"file": k, "error": v} for k, v in sorted(failed_bg.items())]}
+              "failed_backgrounds": [{"file": k, "error": v} for k, v in sorted(failed_bg.items())],
+              "skipped_inputs": [{"file": k, "reason": v} for k, v in sorted(skipped.items())]}
     atomic_write_text(out_dir / REPORT, json.dumps(report, indent=2))
-    write_manifest(manifest, out_dir / MANIFEST)
-    return AugmentResult(manifest, failed, failed_bg, rendered, kept)
+    write_manifest(manifest, out_dir / MANIFEST)  # last: its presence means the folder is complete
+    return AugmentResult(manifest, failed, failed_bg, rendered, kept, skipped)
 
 
 __all__ = ["AugmentResult", "Relighter", "augment_pairs", "pair_statistics", "shard_fingerprint"]

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from relightful.data.schema import ENVMAP_COLUMNS, PAIR_COLUMNS, SPLITS
+from relightful.data.shards import SHARD_PATTERN, shard_file_status
 from relightful.data.validation_report import ENVMAPS, PAIRS, CheckResult, ValidationReport
 
 MAX_IDS = 20  # failing row ids kept per check (the total count is always kept)
@@ -43,6 +44,7 @@ ENV_A_SPLITS = "env_a_splits"  # splits the row's env_a map appears in (as env_a
 ENV_B_SPLITS = "env_b_splits"
 ENV_A_STATUS = "env_a_status"  # status of env_a in the envmap manifest ("missing" when absent)
 ENV_B_STATUS = "env_b_status"
+SHARD_STATUS = "shard_status"  # "ok", or what is wrong with the row's shard file (data/shards.py shard_file_status)
 # For a failing derived value, the manifest column that says which entity it is about.
 _CONTEXT = {
     SUBJECT_SPLITS: "subject_id",
@@ -50,6 +52,7 @@ _CONTEXT = {
     ENV_B_SPLITS: "env_b",
     ENV_A_STATUS: "env_a",
     ENV_B_STATUS: "env_b",
+    SHARD_STATUS: "shard",
 }
 
 
@@ -170,7 +173,8 @@ def _range(name: str, rng: Sequence[float]) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _pair_suite(fov_range: tuple[float, float], matte_range: tuple[float, float], check_map_refs: bool):
+def _pair_suite(fov_range: tuple[float, float], matte_range: tuple[float, float], check_map_refs: bool,
+                check_shard_files: bool = False):
     gx, gxe, _, _ = _gx()
     exps = _columns_exist(gxe, list(PAIR_COLUMNS))
     exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the manifest has at least one pair"))
@@ -185,6 +189,12 @@ def _pair_suite(fov_range: tuple[float, float], matte_range: tuple[float, float]
         gxe.ExpectSelectColumnValuesToBeUniqueWithinRecord(
             column_list=["env_a", "env_b"], description="env_a != env_b (input and target lighting differ)"
         ),
+        # a shard name is read as a path: only the names the writer makes (relative, no folders, no '..')
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="shard", regex=SHARD_PATTERN,
+            description="shard is a file name of the pair folder, shard-NNNNN.safetensors (not a path)",
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(column="shard_fingerprint", description="shard_fingerprint is not null"),
     ]
     exps += _finite(gxe, "index", 0)
     exps += _finite(gxe, "rotation_a_deg", 0.0, 360.0, strict_max=True)
@@ -217,17 +227,25 @@ def _pair_suite(fov_range: tuple[float, float], matte_range: tuple[float, float]
             )
             for c in (ENV_A_STATUS, ENV_B_STATUS)
         ]
+    if check_shard_files:
+        exps.append(gxe.ExpectColumnValuesToBeInSet(
+            column=SHARD_STATUS, value_set=["ok"],
+            description="each shard resolves inside the pair folder and has the fingerprint and pairs the manifest "
+                        "records",
+        ))
     return gx.ExpectationSuite(name="relightful-pairs", expectations=exps)
 
 
 def pair_suite(
-    fov_range: Sequence[float], matte_coverage_range: Sequence[float], *, check_map_refs: bool = False
+    fov_range: Sequence[float], matte_coverage_range: Sequence[float], *, check_map_refs: bool = False,
+    check_shard_files: bool = False,
 ):
     """The rules of the pair manifest. The FoV and matte-coverage ranges come from params.yaml (the render settings),
     so a render with other settings than the ones trained with is caught. With `check_map_refs`, every env_a/env_b
-    must be an ok map of the envmap manifest (needs the derived columns that `validate_pairs(envmaps=...)` adds)."""
+    must be an ok map of the envmap manifest (needs the derived columns that `validate_pairs(envmaps=...)` adds).
+    With `check_shard_files`, each row's shard file must match the manifest (`validate_pairs(pairs_dir=...)`)."""
     return _pair_suite(_range("fov_range", fov_range), _range("matte_coverage_range", matte_coverage_range),
-                       bool(check_map_refs))
+                       bool(check_map_refs), bool(check_shard_files))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -250,9 +268,12 @@ def _with_envmap_derived(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _with_pair_derived(df: pd.DataFrame, envmaps: pd.DataFrame | None) -> pd.DataFrame:
+def _with_pair_derived(df: pd.DataFrame, envmaps: pd.DataFrame | None, pairs_dir=None) -> pd.DataFrame:
     out = df.copy()
     cols = set(df.columns)
+    if pairs_dir is not None and {"shard", "pair_id", "index"} <= cols:
+        status = shard_file_status(pairs_dir, df)  # one header read per shard, mapped onto its rows
+        out[SHARD_STATUS] = df["shard"].map(lambda s: status.get(s, "missing")).astype(str)
     if {"subject_id", "split"} <= cols:
         out[SUBJECT_SPLITS] = df["subject_id"].map(_joined_splits(df["subject_id"], df["split"]))
     if {"env_a", "env_b", "split"} <= cols:
@@ -374,12 +395,15 @@ def validate_pairs(
     matte_coverage_range: Sequence[float],
     *,
     envmaps: pd.DataFrame | None = None,
+    pairs_dir=None,
 ) -> ValidationReport:
     """Check the pair manifest (written by `relightful render-pairs`); with `envmaps`, also that every pair uses
-    maps that the envmap manifest accepted."""
-    suite = pair_suite(fov_range, matte_coverage_range, check_map_refs=envmaps is not None)
-    derived = _with_pair_derived(df, envmaps)
-    return _run(PAIRS, suite, derived, "pair_id", context_cols=("subject_id", "env_a", "env_b"))
+    maps that the envmap manifest accepted; with `pairs_dir` (the folder of the manifest), also that each shard
+    file lies inside it and carries the plan fingerprint and the pairs the manifest records."""
+    suite = pair_suite(fov_range, matte_coverage_range, check_map_refs=envmaps is not None,
+                       check_shard_files=pairs_dir is not None)
+    derived = _with_pair_derived(df, envmaps, pairs_dir)
+    return _run(PAIRS, suite, derived, "pair_id", context_cols=("subject_id", "env_a", "env_b", "shard"))
 
 
 __all__ = ["MAX_IDS", "envmap_suite", "pair_suite", "validate_envmaps", "validate_pairs"]

@@ -9,8 +9,13 @@ Output folder (the shard format: data/shards.py):
     envmaps.safetensors        each map used, once: "<map_id>" (h, 2h, 3) float16 linear, unrotated; z_b is
                                rotate_envmap(envmaps[env_b], rotation_b_deg)
     rig.json                   the rig the weights refer to
-    manifest.parquet           one row per pair (columns: data/schema.py)
+    manifest.parquet           one row per pair (columns: data/schema.py), written last
     report.json                subjects that could not be loaded and why
+
+Each shard's metadata carries the fingerprint of its plan (`shard_fingerprint`: its rows, the render settings, the
+rig and the checksums of the maps it uses), recorded again in the manifest, which validate-data compares. A run into
+a folder that holds an earlier render first deletes the manifest, then everything it rewrites (data/shards.py
+`prepare_output`): a run killed midway leaves no manifest, never an old one over new shards.
 
 The `render-pairs` job: the plan (pair_plan.py), the relighting maths per subject (pair_relighting.py) and the shards
 of this worker, then the manifest, or the merge of all workers' parts.
@@ -33,14 +38,20 @@ from relightful.data.pair_plan import PlanConfig, plan_pairs
 from relightful.data.pair_relighting import (PreparedSubject, RollTables, SubjectCache, background_crops,
                                              lookup_weights, relight_pairs)
 from relightful.data.schema import PAIR_COLUMNS
-from relightful.data.shards import ENVMAPS, MANIFEST, ShardWriter, read_manifest, write_manifest
+from relightful.data.shards import (ENVMAPS, FINGERPRINT, MANIFEST, SHARD_FINGERPRINT, ShardWriter, plan_fingerprint,
+                                    prepare_output, read_manifest, write_manifest)
 from relightful.io import InputError, atomic_write_text, save_tensors
+from relightful.io.paths import contained
 from relightful.lighting import LedRig, resize_envmap
 from relightful.lighting.camera import pad_longitude
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.json"
+RIG = "rig.json"
+# The plan columns of a pair: with the settings and inputs of `shard_context`, all that its pixels depend on.
+PLAN_COLUMNS = ("pair_id", "shard", "index", "subject_id", "split", "env_a", "env_b", "rotation_a_deg",
+                "rotation_b_deg", "fov_deg", "pitch_deg", "exposure_a_stops", "exposure_b_stops")
 
 
 @dataclass(frozen=True)
@@ -56,16 +67,36 @@ def part_name(shard_index: int, num_shards: int) -> str:
     return f"manifest.part-{shard_index:05d}-of-{num_shards:05d}.parquet"
 
 
+def report_part_name(shard_index: int, num_shards: int) -> str:
+    return f"report.part-{shard_index:05d}-of-{num_shards:05d}.json"
+
+
 # --- inputs ------------------------------------------------------------------------------------------------------
+
+def accepted_maps(envmap_dir: Path) -> dict[str, str]:
+    """{map_id: sha256 of its input file} of the maps an ingest folder accepted. A map id is a file name in
+    `maps/`, so one that would leave that folder is refused, naming its manifest row."""
+    manifest_path = envmap_dir / MANIFEST
+    manifest = read_manifest(manifest_path, "ingest manifest not found (run ingest-hdr first)", ("map_id", "status"))
+    ok = manifest[manifest.status == "ok"].sort_values("map_id")
+    if len(ok) < 2:
+        raise InputError(manifest_path, f"needs at least 2 accepted maps, has {len(ok)}")
+    for map_id in ok.map_id:
+        contained(envmap_dir / MAPS_DIR, f"{map_id}.safetensors", f"{manifest_path}: map {map_id!r}")
+    sha = ok["sha256"] if "sha256" in ok else pd.Series("", index=ok.index)
+    return dict(zip(ok.map_id, sha.fillna("").astype(str)))
+
 
 def load_envmaps(envmap_dir: Path) -> dict[str, np.ndarray]:
     """The accepted maps of an ingest output folder, by id."""
-    manifest_path = envmap_dir / MANIFEST
-    manifest = read_manifest(manifest_path, "ingest manifest not found (run ingest-hdr first)")
-    ids = sorted(manifest.loc[manifest.status == "ok", "map_id"])
-    if len(ids) < 2:
-        raise InputError(manifest_path, f"needs at least 2 accepted maps, has {len(ids)}")
-    return {i: load_map(envmap_dir / MAPS_DIR / f"{i}.safetensors").envmap for i in ids}
+    return {i: load_map(envmap_dir / MAPS_DIR / f"{i}.safetensors").envmap for i in accepted_maps(envmap_dir)}
+
+
+def shard_context(rows: pd.DataFrame, rig: LedRig, config: RenderConfig, map_sha: dict[str, str]) -> dict:
+    """What a shard's pixels depend on besides its plan rows: the settings, the rig, its maps' checksums."""
+    maps = sorted(set(rows.env_a) | set(rows.env_b))
+    return {"rig": rig.fingerprint, "size": config.size, "weights_height": config.weights_height,
+            "background_oversampling": config.background_oversampling, "maps": {m: map_sha[m] for m in maps}}
 
 
 def list_subjects(subjects_dir: Path) -> list[str]:
@@ -154,25 +185,32 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     subjects_dir, envmap_dir, out_dir = Path(subjects_dir), Path(envmap_dir), Path(out_dir)
+    map_sha = accepted_maps(envmap_dir)
     envmaps_np = load_envmaps(envmap_dir)
     plan = plan_pairs(list_subjects(subjects_dir), list(envmaps_np), config.plan)
     shards = list(dict.fromkeys(plan.shard))
     mine = [s for n, s in enumerate(shards) if n % num_shards == shard_index]
+    parts = [part_name(shard_index, num_shards), report_part_name(shard_index, num_shards)]
+    if num_shards == 1:  # the whole folder is this run's
+        prepare_output(out_dir, [REPORT, RIG, ENVMAPS, "shard-*.safetensors", "manifest.part-*", "report.part-*"])
+    else:  # other workers write beside this one: only its own files
+        prepare_output(out_dir, mine + parts, temp_targets=mine + parts)
     used = sorted(set(plan.loc[plan.shard.isin(mine), "env_a"]) | set(plan.loc[plan.shard.isin(mine), "env_b"]))
     padded_maps = {m: pad_longitude(torch.from_numpy(envmaps_np[m]).permute(2, 0, 1)) for m in used}
     tables = RollTables.build({m: envmaps_np[m] for m in used}, rig, config.weights_height, progress)
     subjects = SubjectCache(subjects_dir, rig, config.size)
     failed: dict[str, str] = {}
     written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
     with ShardWriter() as writer:
         for name in tqdm(mine, desc=f"render-pairs {shard_index + 1}/{num_shards}", unit="shard",
                          disable=not progress):
             tensors, rows = render_shard(plan[plan.shard == name], subjects, padded_maps, tables, config, failed)
             if rows.empty:
-                (out_dir / name).unlink(missing_ok=True)
                 continue
-            writer.submit(out_dir / name, tensors, {"pair_ids": ",".join(rows.pair_id), "rig": rig.fingerprint})
+            fingerprint = plan_fingerprint(rows[list(PLAN_COLUMNS)], shard_context(rows, rig, config, map_sha))
+            rows = rows.assign(**{SHARD_FINGERPRINT: fingerprint})
+            writer.submit(out_dir / name, tensors, {"pair_ids": ",".join(rows.pair_id), "rig": rig.fingerprint,
+                                                    FINGERPRINT: fingerprint})
             written.append(rows)
     manifest = manifest_frame(pd.concat(written)) if written else manifest_frame(plan.iloc[:0])
     report = {"shard_index": shard_index, "num_shards": num_shards, "n_pairs": len(manifest),
@@ -181,8 +219,8 @@ def render_pairs(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, 
     if num_shards == 1:
         _finalise(out_dir, manifest, envmap_dir, envmaps_np, rig, config, keep=set(mine), reports=[report])
     else:
-        write_manifest(manifest, out_dir / part_name(shard_index, num_shards))
-        atomic_write_text(out_dir / f"report.part-{shard_index:05d}-of-{num_shards:05d}.json", json.dumps(report))
+        write_manifest(manifest, out_dir / parts[0])
+        atomic_write_text(out_dir / parts[1], json.dumps(report))
     return manifest
 
 
@@ -195,7 +233,7 @@ def _finalise(out_dir: Path, manifest: pd.DataFrame, envmap_dir: Path, envmaps_n
     used = sorted(set(manifest.env_a) | set(manifest.env_b))
     store = {m: torch.from_numpy(resize_envmap(envmaps_np[m], config.panorama_height)).half() for m in used}
     save_tensors(out_dir / ENVMAPS, store, metadata={"panorama_height": str(config.panorama_height)})
-    rig.to_json(out_dir / "rig.json")
+    rig.to_json(out_dir / RIG)
     failed = [f for r in reports for f in r["failed_subjects"]]
     atomic_write_text(out_dir / REPORT, json.dumps({"n_pairs": len(manifest), "failed_subjects": failed,
                                                     "splits": manifest.split.value_counts().to_dict()}, indent=2))
@@ -212,13 +250,14 @@ def merge_parts(subjects_dir: str | Path, rig: LedRig, envmap_dir: str | Path, o
         raise InputError(out_dir, f"missing manifest parts {missing}: not every worker has finished")
     envmaps_np = load_envmaps(envmap_dir)
     plan = plan_pairs(list_subjects(Path(subjects_dir)), list(envmaps_np), config.plan)
-    manifest = pd.concat([pd.read_parquet(p) for p in parts])
+    finals = [MANIFEST, REPORT, RIG, ENVMAPS]
+    prepare_output(out_dir, [REPORT, RIG, ENVMAPS], temp_targets=finals)
+    manifest = pd.concat([read_manifest(p) for p in parts])
     manifest = manifest_frame(manifest.set_index("pair_id").loc[[i for i in plan.pair_id if i in set(manifest.pair_id)]]
                               .reset_index())
-    reports = [json.loads((out_dir / f"report.part-{i:05d}-of-{num_shards:05d}.json").read_text())
-               for i in range(num_shards)]
+    reports = [json.loads((out_dir / report_part_name(i, num_shards)).read_text()) for i in range(num_shards)]
     _finalise(out_dir, manifest, envmap_dir, envmaps_np, rig, config, keep=set(plan.shard), reports=reports)
     for i in range(num_shards):
         parts[i].unlink()
-        (out_dir / f"report.part-{i:05d}-of-{num_shards:05d}.json").unlink()
+        (out_dir / report_part_name(i, num_shards)).unlink()
     return manifest

@@ -26,6 +26,7 @@ PAIR_COLUMNS: dict[str, str] = {
     "pair_id": "str",           # "<split>-<subject>-<running number>", unique
     "shard": "str",             # shard file name, e.g. "shard-00000.safetensors"
     "index": "int",             # row of the pair inside the shard
+    "shard_fingerprint": "str", # sha256 of the plan the shard was rendered from; equals its metadata "fingerprint"
     "subject_id": "str",
     "env_a": "str",             # map_id of the input lighting
     "env_b": "str",             # map_id of the target lighting (and background)

@@ -30,7 +30,8 @@ def validate_data(
 ) -> ValidationReport:
     """Validate the manifests that are given, write the JSON report (and `.md` next to it) atomically, return it.
 
-    When both are given, pairs are also checked to use only maps the envmap manifest accepted.
+    When both are given, pairs are also checked to use only maps the envmap manifest accepted. The shards beside
+    the pair manifest are checked against it (inside the folder, plan fingerprint, pairs at their indices).
     `report.success` is False if any check failed; the caller decides the exit status.
     """
     if envmap_manifest is None and pair_manifest is None:
@@ -44,7 +45,8 @@ def validate_data(
         reports.append(rep)
     if pair_manifest is not None:
         pairs = read_manifest(pair_manifest)
-        rep = validate_pairs(pairs, fov_range, matte_coverage_range, envmaps=envmaps)
+        rep = validate_pairs(pairs, fov_range, matte_coverage_range, envmaps=envmaps,
+                             pairs_dir=Path(pair_manifest).parent)
         rep.tables[PAIRS]["source"] = str(pair_manifest)
         reports.append(rep)
     report = ValidationReport.combine(*reports)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relightful.data.shards import ENVMAPS, pair_panorama, read_map_store, read_pair_manifest, read_shard
+from relightful.data.shards import (ENVMAPS, MANIFEST, pair_panorama, read_map_store, read_pair_manifest, read_shard,
+                                    shard_path)
 from relightful.io import InputError, srgb_encode
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,11 @@ def read_pair_rows(pairs_dir: Path, rows: pd.DataFrame, keys: tuple[str, ...] = 
 
 def _each_shard(pairs_dir: Path, rows: pd.DataFrame, skipped: dict[str, str] | None, read):
     """(group, read(path, group)) for each shard of `rows`; an unreadable shard is recorded in `skipped` (when
-    given; else its `InputError` is raised) and the others go on."""
+    given; else its `InputError` is raised) and the others go on. A shard name that leaves the folder is always
+    an error: it is a swapped manifest, not a damaged shard."""
     for shard, group in rows.groupby("shard", sort=False):
-        path = Path(pairs_dir) / shard
+        first = group["pair_id"].iloc[0] if "pair_id" in group else "?"
+        path = shard_path(pairs_dir, shard, f"{Path(pairs_dir) / MANIFEST}: pair {first} (shard {shard!r})")
         try:
             result = read(path, group)
         except InputError as err:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from relightful.config import from_dict
 from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
+from relightful.io.paths import contained
 from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec, from_model_space
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
@@ -178,12 +179,15 @@ class RelightModel(nn.Module):
         folder = Path(folder)
         meta = read_model_meta(folder)
         values = meta["config"]
-        if values.get("codec", {}).get("kind") == "vae":
-            values["codec"]["vae_path"] = str(folder / values["codec"].get("vae_path", "vae"))
-        try:
-            config = from_dict(ModelConfig, values)
+        codec = values.get("codec") if isinstance(values, dict) else None  # a wrong type is from_dict's to name
+        if isinstance(codec, dict) and codec.get("kind") == "vae" and isinstance(codec.get("vae_path", "vae"), str):
+            # the VAE ships inside the model folder: a path out of it (absolute, '..', a symlink) is refused
+            codec["vae_path"] = str(contained(folder, codec.get("vae_path", "vae"),
+                                              f"{folder / CONFIG_FILE}: codec.vae_path"))
+        try:  # typed: a wrong type or size names its key, as "config.image_size", in the file
+            config = from_dict(ModelConfig, values, "config")
         except (TypeError, ValueError) as err:
-            raise InputError(folder / CONFIG_FILE, f"invalid model config ({err})") from None
+            raise InputError(folder / CONFIG_FILE, f"invalid model config: {err}") from None
         unet_dir = folder / "unet"
         try:
             unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, use_safetensors=True)

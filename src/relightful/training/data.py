@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from relightful.data.shards import pair_panorama, read_map_store, read_pair_manifest, read_shard
+from relightful.data.shards import MANIFEST, pair_panorama, read_map_store, read_pair_manifest, read_shard, shard_path
 from relightful.io import InputError, load_tensors, save_tensors
 from relightful.models.codecs import to_model_space
 
@@ -68,15 +68,15 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
     files = {}
     for name, rows in tqdm(list(manifest.groupby("shard", sort=True)), desc="latent cache", unit="shard",
                            disable=not progress):
-        shard_path = pairs_dir / name
-        if not shard_path.is_file():
-            raise InputError(shard_path, "shard listed in the manifest is missing")
-        target = cache_root / f"{Path(name).stem}-{cache_key(shard_path, model.codec.identity, model.config.image_size)}.safetensors"
+        path = shard_path(pairs_dir, name, f"{pairs_dir / MANIFEST}: pair {rows.pair_id.iloc[0]} (shard {name!r})")
+        if not path.is_file():
+            raise InputError(path, "shard listed in the manifest is missing")
+        target = cache_root / f"{Path(name).stem}-{cache_key(path, model.codec.identity, model.config.image_size)}.safetensors"
         if not target.is_file():
             if panoramas is None:
                 panoramas = read_map_store(pairs_dir)
             rows = rows.sort_values("index")
-            cache = encode_shard(read_shard(shard_path), rows, model, panoramas)
+            cache = encode_shard(read_shard(path), rows, model, panoramas)
             save_tensors(target, cache, metadata={"pair_ids": ",".join(rows.pair_id)})
         files[name] = target
     return files
