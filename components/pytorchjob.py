@@ -4,11 +4,14 @@ back. Runs inside the component's container (in-cluster credentials of the `reli
 or wherever a kubeconfig points.
 
 The pods get from the operator MASTER_ADDR/MASTER_PORT and PET_NNODES/PET_NODE_RANK/PET_NPROC_PER_NODE, which
-torchrun reads; the same pod layout as k8s/training/base/pytorchjob-train.yaml.
+torchrun reads. The pods are those of k8s/training/base/pytorchjob-train.yaml: restricted (non-root, no privilege
+escalation, no capability, RuntimeDefault seccomp, read-only root with an emptyDir at /tmp), no service-account token,
+CPU and memory requests and limits, the MLflow user from the Secret relightful-mlflow-client.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +23,19 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 class PyTorchJobFailed(RuntimeError):
     """The job ended in the Failed condition (its message says why), or did not end in time."""
+
+
+# The pod settings of k8s/training/base/pytorchjob-train.yaml, the hand-started job (tests/test_pipeline.py checks
+# that both agree): the namespace enforces the "restricted" Pod Security Standard, and the root file system is
+# read-only, so what writes goes to the emptyDir at /tmp (temporary files, HOME's caches, DeepSpeed's compiled ops).
+POD_LABELS = {"app.kubernetes.io/name": "relightful-train", "app.kubernetes.io/part-of": "relightful"}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+TMP = "/tmp"
+WRITABLE_ENV = (("TMPDIR", TMP), ("HOME", f"{TMP}/home"), ("TORCH_EXTENSIONS_DIR", f"{TMP}/torch_extensions"))
+PORT = {"name": "pytorchjob-port", "containerPort": 23456}
 
 
 @dataclass(frozen=True)
@@ -35,34 +51,56 @@ class TrainJob:
     workspace: str = "/workspace"
     config_map: str = "relightful-config"
     secret: str = "relightful-s3"
+    mlflow_secret: str = "relightful-mlflow-client"  # MLFLOW_TRACKING_USERNAME/PASSWORD: the server's basic auth
     shm_size: str = "16Gi"
+    tmp_size: str = "20Gi"
+    # each pod's CPU and memory (Kubernetes quantities; the pipeline passes its `train_*` parameters)
+    cpu_request: str = "8"
+    cpu_limit: str = "8"
+    memory_request: str = "64Gi"
+    memory_limit: str = "64Gi"
 
 
-def manifest(job: TrainJob) -> dict:
-    """The PyTorchJob object for `job`."""
-    resources = {"limits": {"nvidia.com/gpu": job.nproc_per_node}} if job.gpus else {}
+def pod_template(job: TrainJob) -> dict:
+    """The pod of every replica (Master and Workers) of `job`."""
+    limits = {"cpu": job.cpu_limit, "memory": job.memory_limit}
+    if job.gpus:
+        limits["nvidia.com/gpu"] = job.nproc_per_node
     container = {
         "name": "pytorch",  # the operator's required container name
         "image": job.image,
         "command": ["torchrun"],
         "args": ["--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", *job.args],
-        "ports": [{"name": "pytorchjob-port", "containerPort": 23456}],
+        "ports": [dict(PORT)],
         "envFrom": [{"configMapRef": {"name": job.config_map, "optional": True}},
-                    {"secretRef": {"name": job.secret, "optional": True}}],
-        "resources": resources,
-        "volumeMounts": [{"name": "workspace", "mountPath": job.workspace}, {"name": "dshm", "mountPath": "/dev/shm"}],
+                    {"secretRef": {"name": job.secret, "optional": True}},
+                    {"secretRef": {"name": job.mlflow_secret}}],  # required: without it every MLflow call is a 401
+        "env": [{"name": name, "value": value} for name, value in WRITABLE_ENV],
+        "resources": {"requests": {"cpu": job.cpu_request, "memory": job.memory_request}, "limits": limits},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "workspace", "mountPath": job.workspace}, {"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "tmp", "mountPath": TMP}],
     }
-    pod = {"spec": {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+    spec = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [container],
         "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": job.workspace_pvc}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}],
-    }}
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}},
+                    {"name": "tmp", "emptyDir": {"sizeLimit": job.tmp_size}}],
+    }
     if job.gpus:
-        pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {"metadata": {"labels": dict(POD_LABELS)}, "spec": spec}
+
+
+def manifest(job: TrainJob) -> dict:
+    """The PyTorchJob object for `job`."""
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod_template(job)}}
     if job.num_nodes > 1:
-        replicas["Worker"] = {"replicas": job.num_nodes - 1, "restartPolicy": "OnFailure", "template": pod}
+        replicas["Worker"] = {"replicas": job.num_nodes - 1, "restartPolicy": "OnFailure",
+                              "template": pod_template(job)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "PyTorchJob",
         "metadata": {"name": job.name, "namespace": job.namespace, "labels": {"app.kubernetes.io/part-of": "relightful"}},

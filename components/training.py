@@ -31,11 +31,15 @@ def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, t
 @project_component(CPU_IMAGE)
 def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, profile: str, track: bool,
                              workspace: str, run_id: str, num_nodes: int, nproc_per_node: int, gpus: bool,
-                             image: str, model: Output[Model], metrics: Output[Metrics], samples: Output[HTML],
+                             image: str, pod_cpu_request: str, pod_cpu_limit: str, pod_memory_request: str,
+                             pod_memory_limit: str,
+                             model: Output[Model], metrics: Output[Metrics], samples: Output[HTML],
                              init: Input[Model] = None):
     """The same stage as `train_stage`, run by a PyTorchJob of `num_nodes` pods × `nproc_per_node` ranks in
-    `image`. Inputs, params and checkpoints go to the shared workspace volume (the pods see only that); the job is
-    named after the run and stage, so a retried step follows the job it started instead of starting another."""
+    `image`, each pod with the `pod_*` CPU and memory requests and limits (Kubernetes quantities; not named
+    `cpu_request`...: kfp 2.17 writes the step's own resource settings into inputs of those names). Inputs, params
+    and checkpoints go to the shared workspace volume (the pods see only that); the job is named after the run and
+    stage, so a retried step follows the job it started instead of starting another."""
     import shutil
 
     from components import pytorchjob
@@ -54,7 +58,9 @@ def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, pr
     api, namespace = pytorchjob.kubernetes_api()
     job = pytorchjob.TrainJob(name=f"relightful-{run_id[:40].lower()}-stage{stage}".replace("_", "-"),
                               namespace=namespace, image=image, args=["-m", "relightful.cli", *argv],
-                              num_nodes=num_nodes, nproc_per_node=nproc_per_node, gpus=gpus, workspace=workspace)
+                              num_nodes=num_nodes, nproc_per_node=nproc_per_node, gpus=gpus, workspace=workspace,
+                              cpu_request=pod_cpu_request, cpu_limit=pod_cpu_limit,
+                              memory_request=pod_memory_request, memory_limit=pod_memory_limit)
     pytorchjob.run(api, pytorchjob.manifest(job))
     shutil.copytree(out, model.path, dirs_exist_ok=True)
     write_training_outputs(stage, paths, model, metrics, samples)

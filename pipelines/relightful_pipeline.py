@@ -9,10 +9,13 @@ Parameters are those of params.yaml: `params` is one profile's block (the compil
 named when compiling) and `profile` its name; `<data|infer|train>_<cpu|memory>_<request|limit>` size the steps
 (RESOURCES). Caching is explicit per step (CACHED): on for the deterministic data steps, so a scheduled run whose
 params did not change reuses their outputs and the first step it runs is retrain-check. Cluster wiring
-(kfp-kubernetes): every step gets the MLflow/S3 settings from the ConfigMap `relightful-config` and the credentials
-from the Secret `relightful-s3`; training mounts the volume `relightful-workspace` (checkpoints survive a retried
-task) and, with `gpus`, the node's GPUs and a memory-backed /dev/shm. The local runner ignores resources, caching
-and the cluster wiring, not the condition.
+(kfp-kubernetes): every step gets the MLflow/S3 settings from the ConfigMap `relightful-config`, the S3 keys from the
+Secret `relightful-s3` and its MLflow user (MLFLOW_TRACKING_USERNAME/PASSWORD: the server runs MLflow's basic-auth
+app) from the Secret `relightful-mlflow-client`, and an emptyDir at /tmp with TMPDIR=/tmp and HOME=/tmp/home (the
+pods' root file system may be read-only); training mounts the volume `relightful-workspace` (checkpoints survive a
+retried task) and, with `gpus`, the node's GPUs and a memory-backed /dev/shm. The local runner ignores resources,
+caching and the cluster wiring, not the condition; `make_pipeline(..., local=True)` (pipelines.run_local) leaves out
+TMPDIR and HOME, which it would apply to this machine's processes.
 """
 
 
@@ -36,6 +39,14 @@ CONFIG_MAP = "relightful-config"
 CONFIG_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
 S3_SECRET = "relightful-s3"
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# the application's MLflow user, sent as HTTP basic auth by MLflow's client; required: without it the step cannot
+# start (CreateContainerConfigError naming the Secret) instead of failing later on a 401
+MLFLOW_SECRET = "relightful-mlflow-client"
+MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# every step's writable scratch: an emptyDir at /tmp (OpenCV decodes EXR/HDR through temporary files, MLflow downloads
+# models there, torch and DeepSpeed keep caches under HOME), as in the project's other pods
+TMP_VOLUME, TMP, TMP_SIZE = "tmp", "/tmp", "20Gi"
+TMP_ENV = {"TMPDIR": TMP, "HOME": f"{TMP}/home"}
 WORKSPACE_PVC = "relightful-workspace"
 WORKSPACE = "/workspace"
 MODEL_NAME = "relightful-stage3"
@@ -58,9 +69,16 @@ def without_nulls(block: dict) -> dict:
     return {k: without_nulls(v) if isinstance(v, dict) else v for k, v in block.items() if v is not None}
 
 
-def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def _cluster_env(task: dsl.PipelineTask, local: bool = False) -> dsl.PipelineTask:
+    """Settings, credentials and the /tmp emptyDir of every step. `local`: without TMPDIR/HOME, the only part of this
+    wiring that kfp's local runner applies (to processes of this machine, whose HOME holds caches)."""
     kubernetes.use_config_map_as_env(task, CONFIG_MAP, {k: k for k in CONFIG_ENV}, optional=True)
     kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_ENV}, optional=True)
+    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_SECRET_ENV})
+    kubernetes.empty_dir_mount(task, volume_name=TMP_VOLUME, mount_path=TMP, size_limit=TMP_SIZE)
+    if not local:
+        for name, value in TMP_ENV.items():
+            task.set_env_variable(name, value)
     return task
 
 
@@ -102,10 +120,11 @@ def resource_defaults(profile: str) -> dict:
     return {f"{cls}_{field}": value for cls in RESOURCE_CLASSES for field, value in zip(RESOURCE_FIELDS, table[cls])}
 
 
-def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int = 1):
+def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int = 1, local: bool = False):
     """The pipeline function with `params` (the block of `profile`) as its defaults; `gpus` asks for GPUs for the
     training, augmentation, evaluation and promotion steps (off for CPU-only clusters); `num_nodes` > 1 trains each
-    stage as a PyTorchJob of that many pods (`nproc_per_node` ranks each) instead of in the step's own pod.
+    stage as a PyTorchJob of that many pods (`nproc_per_node` ranks each, sized by the `train_*` parameters) instead
+    of in the step's own pod; `local`: for kfp's local runner (no TMPDIR/HOME of the cluster's pods).
 
     The run: the data steps (cached), then `retrain-check` on the light-stage pairs; everything that trains,
     evaluates or promotes runs under `dsl.If` on its answer, so a run whose data did not change trains nothing
@@ -143,7 +162,7 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
             # it sits in (the step's input would dangle on the cluster): register it as an input of the step
             task.register_pipeline_channels([cpu_request, cpu_limit, memory_request, memory_limit])
             task.set_caching_options(enable_caching=CACHED[task.component_spec.name.replace("_", "-")])
-            return _cluster_env(task)
+            return _cluster_env(task, local)
 
         common = dict(params=params, profile=profile, track=track)
         hdri = step(starter_data(**common))
@@ -165,7 +184,11 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({} if init is None else {"init": init}), **common)
             if num_nodes > 1:  # this step only launches and follows the job: no GPU of its own
                 task = step(train_stage_across_nodes(num_nodes=num_nodes, gpus=gpus,
-                                                     image=CUDA_IMAGE if gpus else CPU_IMAGE, **start), "data")
+                                                     image=CUDA_IMAGE if gpus else CPU_IMAGE,
+                                                     pod_cpu_request=train_cpu_request,
+                                                     pod_cpu_limit=train_cpu_limit,
+                                                     pod_memory_request=train_memory_request,
+                                                     pod_memory_limit=train_memory_limit, **start), "data")
             else:
                 task = step(train_stage(**start), "train")
             task.set_display_name(f"train-stage{stage_number}").set_retry(num_retries=2, backoff_duration="60s")

@@ -29,9 +29,9 @@ def run_local(root: Path, profile: "str | None" = None, params_path: Path = PARA
                raise_on_error=True)
     name, params = profile_params(profile, params_path)
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
-    make_pipeline(name, params, gpus=False)(workspace=str(root / "workspace"), render_workers=render_workers,
-                                             track=track, require_quality_bar=require_quality_bar,
-                                             force_retrain=force_retrain)
+    make_pipeline(name, params, gpus=False, local=True)(
+        workspace=str(root / "workspace"), render_workers=render_workers, track=track,
+        require_quality_bar=require_quality_bar, force_retrain=force_retrain)
     (run,) = set(pipeline_root.glob("*")) - before
     return run
 

@@ -4,6 +4,7 @@ runner (smoke profile, two rendering workers) with the same results as the jobs 
 
 from __future__ import annotations
 
+import copy
 import http.server
 import json
 import os
@@ -26,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines.compile import COMPILED, compile_pipeline  # noqa: E402
-from pipelines.relightful_pipeline import (CONFIG_MAP, RESOURCES, S3_SECRET, WORKSPACE,  # noqa: E402
-                                           WORKSPACE_PVC, profile_params, without_nulls)
+from pipelines.relightful_pipeline import (CONFIG_MAP, MLFLOW_SECRET, RESOURCES, S3_SECRET, WORKSPACE,  # noqa: E402
+                                           WORKSPACE_PVC, make_pipeline, profile_params, without_nulls)
+
+TRAINING_MANIFEST = REPO / "k8s" / "training" / "base" / "pytorchjob-train.yaml"  # the hand-started job
 
 
 def _floats(x):
@@ -234,21 +237,47 @@ def test_defaults_are_the_gpu_profile(compiled):
     assert inputs["render_workers"]["defaultValue"] == 2 and inputs["workspace"]["defaultValue"] == WORKSPACE
 
 
+def _check_step_wiring(spec: dict, platform: dict) -> None:
+    """Every step of a compiled pipeline: the MLflow/S3 settings of the ConfigMap, the S3 keys and the MLflow user
+    (basic auth) from their Secrets, by reference only, and a writable /tmp (an emptyDir) that TMPDIR and HOME point
+    into: the pods' root file system may be read-only."""
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    containers = spec["deploymentSpec"]["executors"]
+    steps = _steps(spec)
+    used = {spec["components"][task["componentRef"]["name"]]["executorLabel"] for task, _ in steps.values()}
+    assert used == set(containers) == set(executors)  # every step has its platform settings
+    for name, config in executors.items():
+        assert config["configMapAsEnv"][0]["configMapName"] == CONFIG_MAP
+        secrets = {s["secretName"]: s for s in config["secretAsEnv"]}
+        assert set(secrets) == {S3_SECRET, MLFLOW_SECRET}, name
+        assert {e["secretKey"]: e["envVar"] for e in secrets[S3_SECRET]["keyToEnv"]} == \
+            {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}, name
+        client = secrets[MLFLOW_SECRET]
+        assert {e["secretKey"]: e["envVar"] for e in client["keyToEnv"]} == \
+            {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+             "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, name
+        assert client.get("optional", False) is False, name  # a missing Secret stops the pod, not a 401 mid-run
+        assert client["secretNameParameter"]["runtimeValue"]["constant"] == MLFLOW_SECRET
+        tmp = [m for m in config.get("emptyDirMounts", []) if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1 and "medium" not in tmp[0], name  # on disk: model downloads and decoded images
+        names = [m["volumeName"] for m in config["emptyDirMounts"]]
+        assert len(names) == len(set(names)), name
+        env = {e["name"]: e["value"] for e in containers[name]["container"].get("env", [])}
+        assert env.get("TMPDIR") == "/tmp" and env.get("HOME") == "/tmp/home", name
+
+
 def test_cluster_wiring(compiled):
     spec, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     containers = spec["deploymentSpec"]["executors"]
-    for name, config in executors.items():  # every step: MLflow/S3 settings and credentials by reference only
-        assert config["secretAsEnv"][0]["secretName"] == S3_SECRET
-        assert {e["secretKey"] for e in config["secretAsEnv"][0]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID",
-                                                                                 "AWS_SECRET_ACCESS_KEY"}
-        assert config["configMapAsEnv"][0]["configMapName"] == CONFIG_MAP
+    _check_step_wiring(spec, platform)
     training = [n for n in containers if n.startswith("exec-train-stage")]
     assert len(training) == 3
     for name in training:
         pvc = executors[name]["pvcMount"][0]
         assert pvc["mountPath"] == WORKSPACE and pvc["constant"] == WORKSPACE_PVC
-        assert executors[name]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+        shm = [m for m in executors[name]["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
+        assert len(shm) == 1 and shm[0]["medium"] == "Memory"
         resources = containers[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert containers[name]["container"]["image"].endswith("-cuda")
@@ -276,6 +305,25 @@ def test_across_nodes_compiles_to_launcher_steps(tmp_path):
         assert container["resources"]["resourceCpuRequest"].endswith("data_cpu_request']}}")  # a launcher only
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False
         assert executors[f"exec-{name}"]["pvcMount"][0]["mountPath"] == WORKSPACE
+        for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):  # the job's pods: train_*
+            source = constants[f"pod_{field}"]["componentInputParameter"]
+            assert source in (f"train_{field}", f"pipelinechannel--train_{field}"), (name, field)
+    _check_step_wiring(spec, platform)
+
+
+def test_local_runner_pipeline_leaves_out_the_pods_home(tmp_path):
+    """kfp's local runner applies a step's env to processes of this machine: `local=True` leaves TMPDIR and HOME out
+    (the cluster-only settings of the platform spec, which the local runner ignores, stay)."""
+    from kfp import compiler
+
+    name, params = profile_params("smoke")
+    out = tmp_path / "local.yaml"
+    compiler.Compiler().compile(make_pipeline(name, params, gpus=False, local=True), str(out))
+    spec, platform = yaml.safe_load_all(out.read_text())
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert not {"TMPDIR", "HOME"} & {e["name"] for e in executor["container"].get("env", [])}, name
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(any(s["secretName"] == MLFLOW_SECRET for s in c["secretAsEnv"]) for c in executors.values())
 
 
 def test_retrain_check_step_answers(tmp_path, monkeypatch):
@@ -588,6 +636,90 @@ def test_training_component_on_two_ranks(local_run, tmp_path):
 
 # --- training across nodes: a PyTorchJob -----------------------------------------------------------------------
 
+def _component_job(**kw):
+    from components import pytorchjob
+
+    job = dict(name="relightful-run-stage1", namespace="relightful", image="ghcr.io/relightful/relightful:0.1.0-cuda",
+               args=["-m", "relightful.cli", "train", "--stage=1"], num_nodes=2, nproc_per_node=1, gpus=True)
+    return pytorchjob.manifest(pytorchjob.TrainJob(**{**job, **kw}))
+
+
+def _without_optional(env_from: list[dict]) -> list[dict]:
+    return [{kind: {k: v for k, v in ref.items() if k != "optional"} for kind, ref in source.items()}
+            for source in env_from]
+
+
+def test_pipeline_pytorchjob_pods_are_the_manifests():
+    """The pod the component builds is the one of k8s/training/base/pytorchjob-train.yaml (Master and Worker), field
+    by field: security contexts, service-account token and service links, env (TMPDIR, HOME, TORCH_EXTENSIONS_DIR),
+    volumes and mounts (/tmp, /dev/shm, the workspace), envFrom (the MLflow user's Secret), resources, labels, ports.
+    What may differ: the image and arguments (given to the component), the GPU toleration (the overlays add it with
+    a nodeSelector), the component's optional ConfigMap and S3 Secret."""
+    hand = yaml.safe_load(TRAINING_MANIFEST.read_text())
+    replicas = hand["spec"]["pytorchReplicaSpecs"]
+    container = replicas["Master"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
+    built = _component_job(image=container["image"], args=container["args"][2:])
+    assert built["spec"]["nprocPerNode"] == hand["spec"]["nprocPerNode"]
+    assert {k: v for k, v in built["spec"]["runPolicy"].items() if k != "ttlSecondsAfterFinished"} == \
+        hand["spec"]["runPolicy"]
+    assert set(built["spec"]["pytorchReplicaSpecs"]) == set(replicas)
+    for kind, replica in replicas.items():
+        mine = copy.deepcopy(built["spec"]["pytorchReplicaSpecs"][kind])
+        assert mine["template"]["spec"].pop("tolerations") == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                                 "effect": "NoSchedule"}]
+        ours, theirs = mine["template"]["spec"]["containers"][0], replica["template"]["spec"]["containers"][0]
+        assert _without_optional(ours["envFrom"]) == theirs["envFrom"], kind
+        ours["envFrom"] = theirs["envFrom"]
+        assert mine == replica, kind
+
+
+def test_pipeline_pytorchjob_meets_the_restricted_profile():
+    """Every pod of the jobs the component builds (GPU or CPU, Master and Workers): the "restricted" Pod Security
+    Standard as the admission plugin evaluates it, set explicitly as on the platform's pods; a read-only root with an
+    emptyDir at /tmp holding TMPDIR, HOME and TORCH_EXTENSIONS_DIR; no service-account token; CPU and memory requests
+    and limits (the step's); the MLflow user's Secret; a valid Kubernetes 1.30 Pod and a PyTorchJob of the Training
+    Operator's model."""
+    import kubernetes_validate
+    from kubeflow.training.api_client import ApiClient
+
+    from test_deploy import K8S_VERSION, _restricted_violations
+
+    for gpus in (True, False):
+        job = _component_job(gpus=gpus, num_nodes=3, nproc_per_node=2, cpu_request="2", cpu_limit="4",
+                             memory_request="8Gi", memory_limit="8Gi")
+        typed = ApiClient().deserialize(type("R", (), {"data": json.dumps(job)})(), "KubeflowOrgV1PyTorchJob")
+        assert {k: v.replicas for k, v in typed.spec.pytorch_replica_specs.items()} == {"Master": 1, "Worker": 2}
+        for kind, replica in job["spec"]["pytorchReplicaSpecs"].items():
+            where = f"gpus={gpus} {kind}"
+            pod = replica["template"]["spec"]
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod},
+                                         K8S_VERSION, strict=True)
+            assert _restricted_violations(pod) == [], where
+            assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False, where
+            (c,) = pod["containers"]
+            sc, eff = c["securityContext"], {**pod["securityContext"], **c["securityContext"]}
+            assert eff["runAsNonRoot"] is True and eff["runAsUser"] == eff["runAsGroup"] == 1000, where
+            assert eff["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+            assert "emptyDir" in mounts["/tmp"] and "medium" not in mounts["/tmp"]["emptyDir"], where
+            env = {e["name"]: e["value"] for e in c["env"]}
+            assert env["TMPDIR"] == "/tmp" and env["HOME"] == "/tmp/home", where
+            for var in ("TMPDIR", "HOME", "TORCH_EXTENSIONS_DIR"):  # every writable place on an emptyDir
+                assert any(env[var] == p or env[var].startswith(p.rstrip("/") + "/") for p, v in mounts.items()
+                           if "emptyDir" in v), f"{where}: {var}"
+            assert c["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}, where
+            assert {k: v for k, v in c["resources"]["limits"].items() if k != "nvidia.com/gpu"} == \
+                {"cpu": "4", "memory": "8Gi"}, where
+            assert c["resources"]["limits"].get("nvidia.com/gpu") == (2 if gpus else None), where
+            refs = [next(iter(source.values())) for source in c["envFrom"]]
+            assert {"name": MLFLOW_SECRET} in refs and any(r["name"] == S3_SECRET for r in refs), where
+            assert ("tolerations" in pod) is gpus, where
+
+
 class FakeTrainingOperator(JsonApi):
     """A Kubernetes API on 127.0.0.1 that knows PyTorchJobs and, like the Training Operator, runs their pods: here
     as local processes, with the variables the operator gives each pod (MASTER_ADDR/MASTER_PORT, PET_NNODES,
@@ -687,7 +819,8 @@ def test_training_across_nodes_as_a_pytorchjob(local_run, tmp_path, monkeypatch)
         train_stage_across_nodes.python_func(
             stage=stage, pairs=Dataset(name="pairs", uri=str(run / "merge-pairs" / "pairs")), params=_floats(params),
             profile=name, track=False, workspace=str(tmp_path / "ws"), run_id=run_id, num_nodes=2,
-            nproc_per_node=1, gpus=False, image="ghcr.io/relightful/relightful:0.1.0-cpu", **outputs)
+            nproc_per_node=1, gpus=False, image="ghcr.io/relightful/relightful:0.1.0-cpu", pod_cpu_request="1",
+            pod_cpu_limit="2", pod_memory_request="4Gi", pod_memory_limit="4Gi", **outputs)
         return outputs
 
     try:
@@ -699,6 +832,8 @@ def test_training_across_nodes_as_a_pytorchjob(local_run, tmp_path, monkeypatch)
         assert {k: v.replicas for k, v in typed.spec.pytorch_replica_specs.items()} == {"Master": 1, "Worker": 1}
         pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
         assert pod["containers"][0]["name"] == "pytorch"
+        assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
+                                                     "limits": {"cpu": "2", "memory": "4Gi"}}  # the step's
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == WORKSPACE_PVC
         stage_dir = tmp_path / "ws" / "runs" / "Run_A" / "stage1"
         args = pod["containers"][0]["args"]

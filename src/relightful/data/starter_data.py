@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from relightful.io import InputError, atomic_write_text, write_hdr
+from relightful.io import InputError, atomic_write_text, check_pixels, write_hdr
 from relightful.io.digest import sha256_file
 from relightful.lighting.envmap import latlong_solid_angles
 from relightful.lighting.sky import random_sky_params, sky_envmap
@@ -104,7 +104,10 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------- decoding (pure)
 
 def decode_exr_bytes(data: bytes, name: str = "<exr>") -> np.ndarray:
-    """Decode an in-memory EXR into float32 RGB (H, W, 3), negatives kept; `InputError(name, ...)` if unusable."""
+    """Decode an in-memory EXR into float32 RGB (H, W, 3), negatives kept; `InputError(name, ...)` if unusable or
+    over the HDR pixel limit (read from its header, before decoding)."""
+    if data:
+        check_pixels(data, None, name)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None:
         raise InputError(name, "cannot decode EXR data (corrupt, or OpenCV without OpenEXR: needs "
