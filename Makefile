@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml constraints.txt
 	  $(APT_INSTALL) postgresql || { apt-get update -qq && $(APT_INSTALL) postgresql; } \
 	    || echo "note: apt-get could not install postgresql: MLflow-on-PostgreSQL tests skipped"; \
 	else echo "note: no PostgreSQL server (apt-get install postgresql): MLflow-on-PostgreSQL tests skipped"; fi
+	# podman, debootstrap and runc for tests/test_image.py (the CPU image built by docker/build-local.sh and run), as above
+	@if command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(APT_INSTALL) podman debootstrap runc || { apt-get update -qq && $(APT_INSTALL) podman debootstrap runc; } \
+	    || echo "note: apt-get could not install podman debootstrap runc: image tests skipped"; \
+	else echo "note: no podman/debootstrap/runc (apt-get install podman debootstrap runc, as root): image tests skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,9 +3,13 @@
 # Runs the training PyTorchJob (torchrun + DeepSpeed, nccl) and GPU pipeline steps.
 # torch 2.13's only CUDA 12 build is cu126, so the toolkit that compiles DeepSpeed's ops is 12.6 as well
 # (DeepSpeed refuses to build against a toolkit whose CUDA version differs from torch's).
+# Base images are build arguments (the defaults are what users build on): a devel image with nvcc for the build stage,
+# the matching runtime image for the final one; both Ubuntu 22.04 (python3.11 from its archive).
+ARG BUILD_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu22.04
+ARG BASE_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu22.04
 
 # --- build: python venv with torch, DeepSpeed (ops compiled for A100 and H100) and the package ----------------------
-FROM nvidia/cuda:12.6.3-devel-ubuntu22.04 AS build
+FROM ${BUILD_IMAGE} AS build
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -35,15 +39,13 @@ RUN pip install --no-cache-dir -c /tmp/build/constraints.txt '/tmp/build[train,m
     && RELIGHTFUL_WEIGHTS=/opt/weights /opt/venv/bin/relightful fetch-weights --isnet
 
 # --- runtime: CUDA runtime libraries, python3.11 and the venv ----------------------------------------------------
-FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04
+FROM ${BASE_IMAGE}
 
-ARG GIT_COMMIT=unknown
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
-    GIT_COMMIT=${GIT_COMMIT} \
     PYTHONPATH=/opt/relightful \
     PATH=/opt/venv/bin:${PATH}
 
@@ -61,6 +63,10 @@ ENV RELIGHTFUL_WEIGHTS=/opt/relightful/weights
 COPY components /opt/relightful/components
 COPY pipelines /opt/relightful/pipelines
 COPY params.yaml dvc.yaml /opt/relightful/
+
+# The build context has no .git: training tags model versions with this commit. Last, so a new commit rebuilds nothing.
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=${GIT_COMMIT}
 
 USER 1000:1000
 WORKDIR /workspace

@@ -1289,9 +1289,17 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def _stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage. Base images are global ARGs (docker/build-local.sh overrides them): a FROM
+    reads as the default a plain `docker build` uses, which must be pinned like a literal base."""
     stages: list[list[tuple[str, str]]] = []
+    defaults: dict[str, str] = {}
     for ins, arg in _instructions(path):
+        if ins == "ARG" and not stages:
+            name, _, value = arg.partition("=")
+            defaults[name.strip()] = value.strip().strip('"')
+            continue
         if ins == "FROM":
+            arg = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], arg)
             stages.append([])
         stages[-1].append((ins, arg))
     return stages
