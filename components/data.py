@@ -70,6 +70,8 @@ def merge_pairs(parts: Input[List[Dataset]], lightstage: Input[Dataset], envmaps
         raise ValueError(f"expected {num_workers} rendered parts, got {len(parts)}")
     for part in parts:
         shutil.copytree(part.path, pairs.path, dirs_exist_ok=True)
+    if num_workers == 1:  # one worker rendered the whole plan: its folder is already complete, with its manifest
+        return
     run_job(["render-pairs", "--merge", "--subjects", os.path.join(lightstage.path, "subjects"),
              "--rig", os.path.join(lightstage.path, "rig.json"), "--envmaps", envmaps.path, "--out", pairs.path,
              "--num-shards", str(num_workers)], params, profile, track)

@@ -114,6 +114,17 @@ def test_params_file_and_set_override_are_named(tmp_path):
     assert str(info.value).startswith("--set plan.fov_range=[40, wide]: render_pairs.plan.fov_range[1]: expected a number")
 
 
+@pytest.mark.parametrize("job", [["synthetic-stage"], ["render-pairs", "--subjects", "s", "--rig", "r.json",
+                                                        "--envmaps", "e"], ["train", "--stage", "1", "--pairs", "p"]])
+def test_profile_without_a_params_file_is_a_usage_error(job, tmp_path, capsys):
+    """`--profile smoke` alone would run on the code's defaults, not the smoke profile: refused before any work."""
+    with pytest.raises(SystemExit) as info:
+        main([*job, "--out", str(tmp_path / "out"), "--profile", "smoke"])
+    assert info.value.code == 2
+    assert "--profile smoke chooses a profile of a params file: give --params" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_command_names_params_file_and_key(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"profile": "p", "p": {"model": {"image_size": "sixty-four"}}}))

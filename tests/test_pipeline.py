@@ -425,6 +425,20 @@ def test_sharded_render_equals_one_run(local_run, tmp_path):
     for shard in sorted((tmp_path / "one").glob("shard-*.safetensors")):
         a, b = load_tensors(shard), load_tensors(merged / shard.name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # one worker: its part is the whole folder, which the merge step passes on as it is
+    from kfp.dsl import Dataset
+
+    from components.data import merge_pairs
+
+    name, params = profile_params("smoke")
+    merge_pairs.python_func(parts=[Dataset(name="part", uri=str(tmp_path / "one"))],
+                            lightstage=Dataset(name="lightstage", uri=str(stage)),
+                            envmaps=Dataset(name="envmaps", uri=str(envmaps)), num_workers=1,
+                            params=_floats(params), profile=name, track=False,
+                            pairs=Dataset(name="pairs", uri=str(tmp_path / "merged-one")))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "merged-one" / "manifest.parquet"), single)
+    assert sorted(p.name for p in (tmp_path / "merged-one").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir())
     checked = _task(run, "validate-data")
     report = json.loads((checked / "validation" / "data_validation.json").read_text())
     assert report["success"] is True

@@ -81,7 +81,12 @@ def install_log_redaction() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "profile", None) is not None and getattr(args, "params", None) is None:
+        # without a params file there is no profile to choose: the job would silently run on the code's defaults
+        parser.error(f"{args.command}: --profile {args.profile} chooses a profile of a params file: "
+                     "give --params (e.g. --params params.yaml)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
