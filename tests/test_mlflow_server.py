@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from relightful.tracking.registry import register_stage_model
 from relightful.tracking.promotion import CHAMPION, PromoteConfig, promote
-from relightful.tracking.runs import RunTracker, make_client
+from relightful.tracking.runs import make_client
 
 from services import clean_env, free_port, serve
 from test_deploy import _copy_tree_with_credentials, _expand, _one, _pod_specs, render_minimal
+from test_tracking import quality_scorer, register_fakes
 
 pytest.importorskip("psycopg2", reason="psycopg2-binary (the mlops extra) is not installed")
 
@@ -248,40 +248,18 @@ def app_env(server, monkeypatch):
     return server
 
 
-def _fake_model(folder: Path, quality: float) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "relightful.json").write_text(json.dumps({"quality": quality}))
-    return folder
-
-
-def _scorer(calls: list | None = None, before=None):
-    def score(folder: Path) -> dict[str, float]:
-        if before is not None:
-            before(len(calls) if calls is not None else 0)
-        if calls is not None:
-            calls.append(folder)
-        q = json.loads((folder / "relightful.json").read_text())["quality"]
-        return {"fg_psnr": q, "fg_ssim": q / 100}
-    return score
-
-
 def _register(tmp_path: Path, uri: str, qualities: list[float]) -> list[str]:
-    versions = []
-    for i, q in enumerate(qualities):
-        with RunTracker.start(f"fake-{i}", uri=uri) as run:
-            versions.append(register_stage_model(3, _fake_model(tmp_path / f"m{i}", q), run,
-                                                 {"data_version": "d", "git_commit": "c"}).version)
-    return versions
+    return register_fakes(tmp_path, uri, 3, qualities)
 
 
 def test_registry_round_trip_on_postgres(app_env, postgres, tmp_path):
     v1, v2, v3 = _register(tmp_path, app_env, [20.0, 21.0, 20.8])
     client = make_client(app_env)
-    first = promote(MODEL, _scorer(), CFG, version=v1)
+    first = promote(MODEL, quality_scorer(), CFG, version=v1)
     assert (first.decision, first.champion_after) == ("champion", v1)
-    second = promote(MODEL, _scorer(), CFG, version=v2)
+    second = promote(MODEL, quality_scorer(), CFG, version=v2)
     assert (second.decision, second.champion_before, second.champion_after) == ("champion", v1, v2)
-    third = promote(MODEL, _scorer(), CFG, version=v3)  # 20.8 does not beat 21.0 by 0.5
+    third = promote(MODEL, quality_scorer(), CFG, version=v3)  # 20.8 does not beat 21.0 by 0.5
     assert (third.decision, third.champion_after) == ("challenger", v2)
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == v2
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == v3
@@ -292,20 +270,20 @@ def test_registry_round_trip_on_postgres(app_env, postgres, tmp_path):
     rows = _sql(postgres, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{MODEL}'")
     assert {a: str(v) for a, v in rows} == {CHAMPION: v2, "challenger": v3}
     # a re-run changes nothing
-    again = promote(MODEL, _scorer(), CFG, version=v2)
+    again = promote(MODEL, quality_scorer(), CFG, version=v2)
     assert again.decision == "unchanged" and not again.changed
 
 
 def test_promotion_race_never_demotes_a_newer_champion_on_postgres(app_env, tmp_path):
     """tests/test_tracking.py's race: while v2 is scored, another gate promotes v3."""
     v1, v2, v3 = _register(tmp_path, app_env, [20.0, 25.0, 22.0])
-    promote(MODEL, _scorer(), CFG, version=v1)
+    promote(MODEL, quality_scorer(), CFG, version=v1)
 
     def other_gate(n_calls: int) -> None:
         if n_calls == 0:
-            assert promote(MODEL, _scorer(), CFG, version=v3).decision == "champion"
+            assert promote(MODEL, quality_scorer(), CFG, version=v3).decision == "champion"
 
-    result = promote(MODEL, _scorer([], before=other_gate), CFG, version=v2)
+    result = promote(MODEL, quality_scorer([], before=other_gate), CFG, version=v2)
     client = make_client(app_env)
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == v3
     assert (result.decision, result.champion_before, result.champion_after) == ("challenger", v3, v3)
@@ -317,7 +295,7 @@ def test_promotion_gives_champion_back_in_the_alias_window_on_postgres(app_env, 
     """tests/test_tracking.py's other race: the other gate finishes between this gate's last champion read and its
     alias move; the newer champion is restored right after."""
     v1, v2, v3 = _register(tmp_path, app_env, [20.0, 25.0, 26.0])
-    promote(MODEL, _scorer(), CFG, version=v1)
+    promote(MODEL, quality_scorer(), CFG, version=v1)
     real = make_client(app_env)
 
     class Racing:
@@ -330,11 +308,11 @@ def test_promotion_gives_champion_back_in_the_alias_window_on_postgres(app_env, 
         def set_registered_model_alias(self, name, alias, version):
             if not self.fired and alias == CHAMPION and version == v2:
                 self.fired = True
-                assert promote(MODEL, _scorer(), CFG, version=v3).champion_after == v3
+                assert promote(MODEL, quality_scorer(), CFG, version=v3).champion_after == v3
             return real.set_registered_model_alias(name, alias, version)
 
     racing = Racing()
-    result = promote(MODEL, _scorer(), CFG, version=v2, client=racing)
+    result = promote(MODEL, quality_scorer(), CFG, version=v2, client=racing)
     assert racing.fired and result.decision == "champion" and result.champion_after == v3
     assert str(real.get_model_version_by_alias(MODEL, CHAMPION).version) == v3
 
@@ -343,14 +321,14 @@ def test_concurrent_promotions_leave_the_newest_best_version_champion(app_env, t
     """Three gates at once (threads, each its own client) on versions that each beat the one before: whatever the
     interleaving, the newest, best one ends as champion and every gate records a decision."""
     v1, *candidates = _register(tmp_path, app_env, [20.0, 22.0, 24.0, 26.0])
-    promote(MODEL, _scorer(), CFG, version=v1)
+    promote(MODEL, quality_scorer(), CFG, version=v1)
     start = threading.Barrier(len(candidates))
     results, errors = {}, []
 
     def gate(v: str) -> None:
         try:
             start.wait(timeout=60)
-            results[v] = promote(MODEL, _scorer(), CFG, version=v)
+            results[v] = promote(MODEL, quality_scorer(), CFG, version=v)
         except BaseException as e:  # noqa: BLE001 -- reported below
             errors.append(e)
 
