@@ -80,10 +80,11 @@ def stage_paths(workspace: str, run_id: str, stage: int) -> StagePaths:
     return StagePaths(root / "runs" / (run_id or "local") / f"stage{stage}")
 
 
-def train_argv(stage: int, pairs: str, out: str, paths: StagePaths, init: str | None) -> list[str]:
+def train_argv(stage: int, pairs: str, out: str, paths: StagePaths, init: str | None,
+               replay: str | None = None) -> list[str]:
     argv = ["train", "--stage", str(stage), "--pairs", pairs, "--out", out, "--run-dir", str(paths.run_dir),
             "--cache", str(paths.run_dir / "cache"), "--metrics", str(paths.history), "--samples", str(paths.grids)]
-    return argv + (["--init", init] if init is not None else [])
+    return argv + (["--init", init] if init is not None else []) + (["--replay", replay] if replay is not None else [])
 
 
 def write_training_outputs(stage: int, paths: StagePaths, model, metrics, samples) -> None:

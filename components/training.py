@@ -10,8 +10,9 @@ from components.images import CPU_IMAGE, CUDA_IMAGE, project_component
 @project_component(CUDA_IMAGE)
 def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, track: bool, workspace: str,
                 run_id: str, nproc_per_node: int, model: Output[Model], metrics: Output[Metrics],
-                samples: Output[HTML], init: Input[Model] = None):
-    """Train stage 1, 2 or 3 into the `model` folder (stages 2-3 start from `init`).
+                samples: Output[HTML], init: Input[Model] = None, replay: Input[Dataset] = None):
+    """Train stage 1, 2 or 3 into the `model` folder (stages 2-3 start from `init`; stage 3 mixes `replay`'s
+    light-stage pairs into its batches at the profile's `replay_fraction`).
 
     Checkpoints and the latent cache go to `workspace/runs/<run_id>/stageN` (a volume on the cluster), so a retried
     task resumes where the failed one stopped; with an empty `workspace` they live in a temporary folder. The final
@@ -20,7 +21,8 @@ def train_stage(stage: int, pairs: Input[Dataset], params: dict, profile: str, t
     from components.job import run_distributed, run_job, stage_paths, train_argv, write_training_outputs
 
     paths = stage_paths(workspace, run_id, stage)
-    argv = train_argv(stage, pairs.path, model.path, paths, init.path if init is not None else None)
+    argv = train_argv(stage, pairs.path, model.path, paths, init.path if init is not None else None,
+                      replay.path if replay is not None else None)
     if nproc_per_node > 1:
         run_distributed(argv, params, profile, track, nproc_per_node)
     else:
@@ -34,7 +36,7 @@ def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, pr
                              image: str, pod_cpu_request: str, pod_cpu_limit: str, pod_memory_request: str,
                              pod_memory_limit: str,
                              model: Output[Model], metrics: Output[Metrics], samples: Output[HTML],
-                             init: Input[Model] = None):
+                             init: Input[Model] = None, replay: Input[Dataset] = None):
     """The same stage as `train_stage`, run by a PyTorchJob of `num_nodes` pods × `nproc_per_node` ranks in
     `image`, each pod with the `pod_*` CPU and memory requests and limits (Kubernetes quantities; not named
     `cpu_request`...: kfp 2.17 writes the step's own resource settings into inputs of those names). Inputs, params
@@ -50,11 +52,14 @@ def train_stage_across_nodes(stage: int, pairs: Input[Dataset], params: dict, pr
     shutil.copytree(pairs.path, inputs / "pairs", dirs_exist_ok=True)
     if init is not None:
         shutil.copytree(init.path, inputs / "init", dirs_exist_ok=True)
+    if replay is not None:
+        shutil.copytree(replay.path, inputs / "replay", dirs_exist_ok=True)
     params_path = paths.run_dir / "params.yaml"
     params_path.write_text(params_text(params, profile))
     out = paths.run_dir / "model"
     argv = job_argv(train_argv(stage, str(inputs / "pairs"), str(out), paths,
-                               str(inputs / "init") if init is not None else None), params_path, profile, track)
+                               str(inputs / "init") if init is not None else None,
+                               str(inputs / "replay") if replay is not None else None), params_path, profile, track)
     api, namespace = pytorchjob.kubernetes_api()
     job = pytorchjob.TrainJob(name=f"relightful-{run_id[:40].lower()}-stage{stage}".replace("_", "-"),
                               namespace=namespace, image=image, args=["-m", "relightful.cli", *argv],

@@ -179,9 +179,10 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
         decision = step(retrain_check(pairs=pairs.outputs["pairs"], track=track, force=force_retrain,
                                       model_name=RETRAIN_MODEL, alias=RETRAIN_ALIAS).after(checked))
 
-        def train(stage_number: int, data, init=None):
+        def train(stage_number: int, data, init=None, replay=None):
             start = dict(stage=stage_number, pairs=data, workspace=workspace, nproc_per_node=nproc_per_node,
-                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({} if init is None else {"init": init}), **common)
+                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **({} if init is None else {"init": init}),
+                         **({} if replay is None else {"replay": replay}), **common)
             if num_nodes > 1:  # this step only launches and follows the job: no GPU of its own
                 task = step(train_stage_across_nodes(num_nodes=num_nodes, gpus=gpus,
                                                      image=CUDA_IMAGE if gpus else CPU_IMAGE,
@@ -200,7 +201,8 @@ def make_pipeline(profile: str, params: dict, gpus: bool = True, num_nodes: int 
             stage2 = train(2, pairs.outputs["pairs"], stage1.outputs["model"])
             natural_pairs = step(augment(natural=natural.outputs["natural"], stage2=stage2.outputs["model"],
                                          **common), "infer")
-            stage3 = train(3, natural_pairs.outputs["natural_pairs"], stage2.outputs["model"])
+            stage3 = train(3, natural_pairs.outputs["natural_pairs"], stage2.outputs["model"],
+                           replay=pairs.outputs["pairs"])
             scored = step(evaluate(model=stage3.outputs["model"], stage1=stage1.outputs["model"],
                                    stage2=stage2.outputs["model"], pairs=pairs.outputs["pairs"],
                                    natural_pairs=natural_pairs.outputs["natural_pairs"],

@@ -257,6 +257,16 @@ def test_train_out_equal_to_init_is_refused(tmp_path, capsys):
     assert "--out is the same folder as --init" in capsys.readouterr().err
 
 
+def test_replay_fraction_without_replay_pairs_is_refused_before_work(tmp_path, capsys):
+    init = tmp_path / "stage2"
+    init.mkdir()
+    assert main(["train", "--stage", "3", "--init", str(init), "--out", str(tmp_path / "stage3"), "--no-track",
+                 "--pairs", str(tmp_path), "--set", "replay_fraction=0.5"]) == 1
+    assert "train_stage3.replay_fraction is 0.5: give the pairs to replay (--replay data/pairs)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "stage3").exists()
+
+
 def test_device_spelling_is_a_usage_error_naming_the_option(images, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(_harmonize(images, tmp_path / "out.png", "no-such-model", "--device", "banana"))

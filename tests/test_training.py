@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from relightful.io import InputError, load_tensors
+from relightful.io import InputError, load_tensors, save_tensors
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
 from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
 from relightful.data.shards import read_pair_manifest
-from relightful.training.data import PairStream, build_cache
+from relightful.training.data import PairStream, ReplayStream, build_cache
 from relightful.training.loop import train_stage
 
 from conftest import micro_model_config
@@ -199,6 +199,48 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
     cache = load_tensors(next(iter(files.values())))
     assert set(cache) == {"composite", "target", "matte", "background", "panorama"}
     assert cache["composite"].shape[1:] == (12, 16, 16) and cache["panorama"].shape[1:] == (3, 8, 16)
+
+
+def _without_panorama(files: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copies of light-stage cache files as natural pairs' caches are: no panorama."""
+    out = {}
+    for shard, path in files.items():
+        tensors = {k: v for k, v in load_tensors(path).items() if k != "panorama"}
+        save_tensors(folder / path.name, tensors)
+        out[shard] = folder / path.name
+    return out
+
+
+def test_replay_stream_mixes_its_share_of_each_batch(rendered_pairs, tmp_path):
+    model = RelightModel(micro_model_config())
+    files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    natural = _without_panorama(files, tmp_path / "natural")
+    manifest = read_pair_manifest(rendered_pairs)
+    stream = ReplayStream.split(manifest, natural, manifest, files, "train", micro_batch=8, replay_fraction=0.3,
+                                seed=4)
+    main_part = PairStream(manifest, natural, "train", micro_batch=6, seed=4)
+    replayed = PairStream(manifest, files, "train", micro_batch=2, seed=5)
+    for step in (0, 3):
+        batch = stream.batch(step)
+        assert set(batch) == {"composite", "target", "matte", "background"}  # what both streams have
+        assert torch.equal(batch["target"][:6], main_part.batch(step)["target"])
+        assert torch.equal(batch["target"][6:], replayed.batch(step)["target"])
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ValueError, match="replay_fraction must be in"):
+            ReplayStream.split(manifest, natural, manifest, files, "train", 8, fraction)
+
+
+def test_stage3_replays_light_stage_pairs(stage1, rendered_pairs, tmp_path):
+    _, root = stage1
+    config = TrainConfig(steps=2, log_every=1, checkpoint_every=100, replay_fraction=0.5,
+                         deepspeed=DeepSpeedConfig(micro_batch=4))
+    with pytest.raises(ValueError, match="needs the pairs to replay"):
+        train_stage(3, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
+                    cache_dir=root / "cache", progress=False)
+    result = train_stage(3, rendered_pairs, tmp_path / "model", tmp_path / "run", config, init_from=root / "model",
+                         cache_dir=root / "cache", progress=False, replay_dir=rendered_pairs)
+    assert [r["step"] for r in result.history] == [1, 2] and math.isfinite(result.history[-1]["loss"])
+    assert (tmp_path / "model" / "relightful.json").is_file()
 
 
 @pytest.mark.parametrize("zero", [0, 2])

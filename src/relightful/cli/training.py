@@ -27,10 +27,14 @@ def cmd_train(args) -> None:
         raise JobFailed(f"stage {args.stage} starts from the previous stage's model: give --init models/stage{args.stage - 1}")
     out = args.out or Path(f"models/stage{args.stage}")
     run_dir = args.run_dir or Path(f"runs/stage{args.stage}")
-    check_output_folder(out, {"--init": args.init, "--pairs": args.pairs})  # before hours of training
+    if train_cfg.replay_fraction and args.replay is None:
+        raise JobFailed(f"{block}.replay_fraction is {train_cfg.replay_fraction}: give the pairs to replay "
+                        "(--replay data/pairs)")
+    # before hours of training
+    check_output_folder(out, {"--init": args.init, "--pairs": args.pairs, "--replay": args.replay})
     tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
     result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
-                         progress=not args.quiet, samples_dir=args.samples)
+                         progress=not args.quiet, samples_dir=args.samples, replay_dir=args.replay)
     if result.model_dir is not None:
         if args.metrics:
             write_history(args.metrics, result.history)
@@ -66,6 +70,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--init", type=Path, default=None, help="model folder to start from (stages 2-3: the previous stage)")
     p.add_argument("--out", type=Path, default=None, help="model folder to write (default models/stageN)")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints, for resuming (default runs/stageN)")
+    p.add_argument("--replay", type=Path, default=None,
+                   help="light-stage pairs mixed into every batch at train.replay_fraction (stage 3: data/pairs)")
     p.add_argument("--cache", type=Path, default=None, help="latent cache folder (default: cache/latents beside --pairs)")
     p.add_argument("--metrics", type=Path, default=None, help="write the loss history (JSON list) here")
     p.add_argument("--samples", type=Path, default=None,

@@ -96,6 +96,9 @@ class TrainConfig:
     align_start_step: int = 0       # stage 2: no alignment before this step (F_env first learns from the maps)
     align_warmup_steps: int = 0     # stage 2: then the alignment weight ramps linearly from 0 over these steps
     bg_condition_fraction: float = 0.0  # stage 2: share of each batch conditioned on F_bg instead of F_env
+    # stage 3: share of each batch replayed from the light-stage pairs (`--replay`): fine-tuned on the pairs of a
+    # few natural portraits alone, the UNet forgets the light-stage lighting it learned (0: the paper's recipe)
+    replay_fraction: float = 0.0
     shading_weight: float = 0.0     # weight of the level-free shading loss (gain-edit models; objectives.py)
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000

@@ -150,3 +150,31 @@ class PairStream:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n / (self.micro_batch * self.grad_accum * self.world))
+
+
+class ReplayStream:
+    """Batches of one stream with a fixed share replayed from another (stage 3's light-stage replay), keeping the
+    tensors both streams have (the light-stage panorama is dropped). Both are `PairStream`s of the same world, each
+    with its part of the micro-batch, so the mixture is as deterministic and resumable as they are."""
+
+    def __init__(self, main: PairStream, replay: PairStream):
+        self.main, self.replay = main, replay
+
+    @classmethod
+    def split(cls, main_rows: pd.DataFrame, main_files: dict[str, Path], replay_rows: pd.DataFrame,
+              replay_files: dict[str, Path], split: str, micro_batch: int, replay_fraction: float, grad_accum: int = 1,
+              world: int = 1, rank: int = 0, seed: int = 0, window: int = 4) -> "ReplayStream":
+        """`round(replay_fraction · micro_batch)` samples of each micro-batch from the replay rows (at least one,
+        and at least one from the main rows)."""
+        if not 0.0 < replay_fraction < 1.0:
+            raise ValueError(f"replay_fraction must be in (0, 1) to mix two streams, got {replay_fraction}")
+        if micro_batch < 2:
+            raise ValueError(f"a replayed batch needs a micro-batch of at least 2, got {micro_batch}")
+        n_replay = min(micro_batch - 1, max(1, round(replay_fraction * micro_batch)))
+        return cls(PairStream(main_rows, main_files, split, micro_batch - n_replay, grad_accum, world, rank, seed,
+                              window),
+                   PairStream(replay_rows, replay_files, split, n_replay, grad_accum, world, rank, seed + 1, window))
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        main, replay = self.main.batch(step, micro), self.replay.batch(step, micro)
+        return {k: torch.cat([main[k], replay[k]]) for k in main if k in replay}

@@ -25,7 +25,7 @@ from relightful.io import atomic_write_text
 from relightful.models import ModelConfig, RelightModel
 from relightful.training import checkpoint as ckpt
 from relightful.training.config import TrainConfig
-from relightful.training.data import PairStream, build_cache
+from relightful.training.data import PairStream, ReplayStream, build_cache
 from relightful.training.ema import WeightEma
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
@@ -87,14 +87,22 @@ def build_model(stage: int, model_config: ModelConfig | None, init_from: Path | 
 def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir: str | Path, config: TrainConfig,
                 model_config: ModelConfig | None = None, init_from: str | Path | None = None,
                 cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-                on_log: Callable[[dict], None] | None = None, samples_dir: str | Path | None = None) -> StageResult:
+                on_log: Callable[[dict], None] | None = None, samples_dir: str | Path | None = None,
+                replay_dir: str | Path | None = None) -> StageResult:
     """Train one stage on the `train` split of `pairs_dir`; write the model folder `out_dir` (rank 0).
 
     Resumes from `run_dir/checkpoints/latest` when there is one. `stop_after` ends the run after that step's
     checkpoint, as a kill would (for tests of resumption). With `samples_dir`, every `validate_every` steps and at
     the end a grid of validation pairs (composite | model | target) is written there as `step-XXXXXXXX.png`.
+    With `config.replay_fraction` > 0, that share of every batch comes from the `train` split of `replay_dir`
+    (stage 3: light-stage pairs beside the natural ones; their latents cached in `cache_dir`, else beside them).
     """
     pairs_dir, out_dir, run_dir = Path(pairs_dir), Path(out_dir), Path(run_dir)
+    if config.replay_fraction and replay_dir is None:
+        raise ValueError(f"replay_fraction {config.replay_fraction} needs the pairs to replay (replay_dir, "
+                         "`relightful train --replay`)")
+    replay_dir = Path(replay_dir) if config.replay_fraction else None
+    replay_cache = Path(cache_dir) if cache_dir else (replay_dir.parent / "cache" / "latents" if replay_dir else None)
     cache_dir = Path(cache_dir) if cache_dir else pairs_dir.parent / "cache" / "latents"
     rank, world = init_distributed()
     torch.manual_seed(config.seed)
@@ -107,13 +115,21 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model.to(device)  # the cache is encoded where the model will train
+    sources = [(pairs_dir, cache_dir)] + ([(replay_dir, replay_cache)] if replay_dir else [])
     if rank == 0:
-        build_cache(pairs_dir, cache_dir, model, progress=progress)
+        for folder, cache in sources:
+            build_cache(folder, cache, model, progress=progress)
     barrier()
     files = build_cache(pairs_dir, cache_dir, model, progress=False)  # every rank: the names (all cached now)
     ds = config.deepspeed
-    stream = PairStream(read_pair_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world, rank,
-                        config.seed, config.shuffle_window)
+    if replay_dir:
+        replay_files = build_cache(replay_dir, replay_cache, model, progress=False)
+        stream = ReplayStream.split(read_pair_manifest(pairs_dir), files, read_pair_manifest(replay_dir),
+                                    replay_files, "train", ds.micro_batch, config.replay_fraction, ds.grad_accum,
+                                    world, rank, config.seed, config.shuffle_window)
+    else:
+        stream = PairStream(read_pair_manifest(pairs_dir), files, "train", ds.micro_batch, ds.grad_accum, world,
+                            rank, config.seed, config.shuffle_window)
     if stage == 2 and not (pairs_dir / ENVMAPS).is_file():
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
 
@@ -123,7 +139,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     start = 0
     history: list[dict] = []
     if rank == 0:
-        discard_stale_checkpoints(run_dir, run_fingerprint(stage, config, model, pairs_dir, init_from, world))
+        discard_stale_checkpoints(run_dir, run_fingerprint(stage, config, model, pairs_dir, init_from, world,
+                                                           replay_dir))
     barrier()
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
@@ -231,12 +248,14 @@ def validation_scheduler(training_scheduler, model: RelightModel):
 
 
 def run_fingerprint(stage: int, config: TrainConfig, model: RelightModel, pairs_dir: Path,
-                    init_from: str | Path | None, world: int) -> str:
+                    init_from: str | Path | None, world: int, replay_dir: Path | None = None) -> str:
     """What a checkpoint must have been trained with to be resumed: stage, configs, data, starting weights."""
     h = hashlib.sha256()
     h.update(json.dumps({"stage": stage, "world": world, "train": dataclasses.asdict(config),
                          "model": dataclasses.asdict(model.config)}, sort_keys=True, default=str).encode())
-    h.update((pairs_dir / MANIFEST).read_bytes())
+    for folder in (pairs_dir, replay_dir):
+        if folder is not None:
+            h.update((folder / MANIFEST).read_bytes())
     if init_from is not None:
         for f in sorted(Path(init_from).rglob("*")):
             if f.is_file():
