@@ -10,14 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from relightful.io import InputError, load_tensors, save_tensors
+from relightful.lighting.envmap import latlong_directions, latlong_solid_angles
+from relightful.models.codecs import PixelUnshuffleCodec
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
 from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
 from relightful.data.shards import read_pair_manifest
+from relightful.training.augment import mirror_mask, mirror_samples
 from relightful.training.data import PairStream, ReplayStream, build_cache
 from relightful.training.loop import train_stage
 
@@ -242,6 +246,59 @@ def test_stage3_replays_light_stage_pairs(stage1, rendered_pairs, tmp_path):
     assert [r["step"] for r in result.history] == [1, 2] and math.isfinite(result.history[-1]["loss"])
     assert (tmp_path / "model" / "relightful.json").is_file()
 
+
+
+def _sphere_under(panorama: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """(3, size, size) Lambertian unit sphere in camera space (+x right, +y up) lit by a (3, h, 2h) lat-long map."""
+    h = panorama.shape[1]
+    directions = torch.from_numpy(latlong_directions(h, np.float64)).reshape(-1, 3)
+    radiance = panorama.double().reshape(3, -1).T * torch.from_numpy(latlong_solid_angles(h, np.float64)).reshape(-1, 1)
+    c = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(-c, c, indexing="ij")
+    z = (1 - x ** 2 - y ** 2).clamp_min(0).sqrt()
+    normals = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    irradiance = (normals @ directions.T).clamp_min(0) @ radiance            # (size², 3)
+    return (irradiance.T.reshape(3, size, size) * (z > 0)).float()
+
+
+def test_mirrored_samples_are_the_pairs_seen_in_a_mirror():
+    codec = PixelUnshuffleCodec(4)
+    gen = torch.Generator().manual_seed(0)
+    panorama = torch.rand(4, 3, 16, 32, generator=gen) ** 8  # a few bright lights
+    images = torch.stack([_sphere_under(p) for p in panorama])
+    batch = {"composite": codec.encode(images), "target": codec.encode(images.flip(-2)),
+             "matte": torch.rand(4, 1, 8, 8, generator=gen), "background": torch.rand(4, 3, 32, 32, generator=gen),
+             "panorama": panorama}
+    which = torch.tensor([True, False, True, False])
+    mirrored = mirror_samples(batch, codec, which)
+    # the latents are those of the mirrored images, exactly; images are mirrored along their width
+    assert torch.equal(codec.decode(mirrored["composite"])[which], images[which].flip(-1))
+    assert torch.equal(codec.decode(mirrored["target"])[which], images[which].flip(-2).flip(-1))
+    for key in ("matte", "background", "panorama"):
+        assert torch.equal(mirrored[key][which], batch[key][which].flip(-1))
+    for key, value in batch.items():  # the samples not drawn are untouched, and so is the input batch
+        assert torch.equal(mirrored[key][~which], value[~which])
+    assert torch.equal(batch["composite"], codec.encode(images))
+    # the mirrored panorama is the mirrored lighting: a sphere under it is the mirror image of the sphere under it
+    relit = torch.stack([_sphere_under(p) for p in mirrored["panorama"][which]])
+    assert torch.allclose(relit, images[which].flip(-1), atol=1e-5 * float(images.max()))
+    assert not torch.allclose(relit, images[which], atol=0.05 * float(images.max()))  # the light did move
+    # about the share asked for, drawn from the step's generator
+    draws = mirror_mask(torch.Generator().manual_seed(1), 4000, 0.25)
+    assert draws.dtype == torch.bool and abs(float(draws.float().mean()) - 0.25) < 0.03
+    assert torch.equal(draws, mirror_mask(torch.Generator().manual_seed(1), 4000, 0.25))
+
+
+def test_mirrored_training_runs_and_resumes_to_the_same_weights(rendered_pairs, tmp_path):
+    config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, hflip=0.5, deepspeed=DeepSpeedConfig(micro_batch=4))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "a", tmp_path / "run_a", config, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, stop_after=2, **kw)
+    resumed = train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, **kw)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    plain = train_stage(1, rendered_pairs, tmp_path / "c", tmp_path / "run_c", dataclasses.replace(config, hflip=0.0),
+                        **kw)
+    assert plain.history[0]["loss"] != whole.history[0]["loss"]  # some samples of the first batch were mirrored
 
 @pytest.mark.parametrize("zero", [0, 2])
 def test_two_ranks_on_cpu_hold_identical_parameters(rendered_pairs, tmp_path, zero):

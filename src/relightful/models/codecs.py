@@ -55,6 +55,10 @@ class PixelUnshuffleCodec(torch.nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(latents, self.factor)
 
+    def mirror(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents of the left-right mirrored images, exactly (the sub-pixels of each block swap too)."""
+        return self.encode(self.decode(latents).flip(-1))
+
 
 class VaeCodec(torch.nn.Module):
     """A diffusers `AutoencoderKL` from a local folder; latents are the posterior mode times the scaling factor
@@ -95,6 +99,11 @@ class VaeCodec(torch.nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
         return self.vae.decode((latents / self.scaling).to(dtype)).sample.float()
+
+    def mirror(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents of the left-right mirrored images, approximated by mirroring the latents (the VAE is close to
+        mirror-equivariant; decoding and re-encoding every training sample would cost more than the step)."""
+        return latents.flip(-1)
 
 
 def build_codec(config: CodecConfig) -> PixelUnshuffleCodec | VaeCodec:

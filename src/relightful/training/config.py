@@ -99,6 +99,8 @@ class TrainConfig:
     # stage 3: share of each batch replayed from the light-stage pairs (`--replay`): fine-tuned on the pairs of a
     # few natural portraits alone, the UNet forgets the light-stage lighting it learned (0: the paper's recipe)
     replay_fraction: float = 0.0
+    # probability that a training sample is mirrored left-right with its background and panorama (augment.py)
+    hflip: float = 0.0
     shading_weight: float = 0.0     # weight of the level-free shading loss (gain-edit models; objectives.py)
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000

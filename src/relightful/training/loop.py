@@ -24,6 +24,7 @@ from relightful.data.shards import ENVMAPS, MANIFEST, read_pair_manifest
 from relightful.io import atomic_write_text
 from relightful.models import ModelConfig, RelightModel
 from relightful.training import checkpoint as ckpt
+from relightful.training.augment import mirror_mask, mirror_samples
 from relightful.training.config import TrainConfig
 from relightful.training.data import PairStream, ReplayStream, build_cache
 from relightful.training.ema import WeightEma
@@ -101,6 +102,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     if config.replay_fraction and replay_dir is None:
         raise ValueError(f"replay_fraction {config.replay_fraction} needs the pairs to replay (replay_dir, "
                          "`relightful train --replay`)")
+    if not 0.0 <= config.hflip <= 1.0:
+        raise ValueError(f"hflip is the probability of mirroring a sample: it must be in [0, 1], got {config.hflip}")
     replay_dir = Path(replay_dir) if config.replay_fraction else None
     replay_cache = Path(cache_dir) if cache_dir else (replay_dir.parent / "cache" / "latents" if replay_dir else None)
     cache_dir = Path(cache_dir) if cache_dir else pairs_dir.parent / "cache" / "latents"
@@ -183,8 +186,10 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         objective.align_scale = align_scale(step, config.align_start_step, config.align_warmup_steps)
         for micro in range(ds.grad_accum):
             batch = stream.batch(step, micro)
-            drawn = draw_step(batch, step_generator(config.seed, step, micro, rank), config.num_train_timesteps,
-                              config.cond_dropout, timestep_weights)
+            gen = step_generator(config.seed, step, micro, rank)
+            drawn = draw_step(batch, gen, config.num_train_timesteps, config.cond_dropout, timestep_weights)
+            if config.hflip:  # drawn after the step's noise, so hflip 0 leaves every other draw as it was
+                batch = mirror_samples(batch, model.codec, mirror_mask(gen, drawn[0].shape[0], config.hflip))
             batch = batch_to_device(batch, device, config.runtime)
             noise, t, keep_image, keep_light = (to_device(x, device, config.runtime) for x in drawn)
             loss, logs = engine(batch, noise, t, keep_image, keep_light)
