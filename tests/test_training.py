@@ -247,7 +247,6 @@ def test_stage3_replays_light_stage_pairs(stage1, rendered_pairs, tmp_path):
     assert (tmp_path / "model" / "relightful.json").is_file()
 
 
-
 def _sphere_under(panorama: torch.Tensor, size: int = 32) -> torch.Tensor:
     """(3, size, size) Lambertian unit sphere in camera space (+x right, +y up) lit by a (3, h, 2h) lat-long map."""
     h = panorama.shape[1]
@@ -299,6 +298,9 @@ def test_mirrored_training_runs_and_resumes_to_the_same_weights(rendered_pairs, 
     plain = train_stage(1, rendered_pairs, tmp_path / "c", tmp_path / "run_c", dataclasses.replace(config, hflip=0.0),
                         **kw)
     assert plain.history[0]["loss"] != whole.history[0]["loss"]  # some samples of the first batch were mirrored
+    with pytest.raises(ValueError, match="hflip is the probability"):
+        train_stage(1, rendered_pairs, tmp_path / "d", tmp_path / "run_d", dataclasses.replace(config, hflip=1.5), **kw)
+
 
 @pytest.mark.parametrize("zero", [0, 2])
 def test_two_ranks_on_cpu_hold_identical_parameters(rendered_pairs, tmp_path, zero):
