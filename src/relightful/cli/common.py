@@ -114,9 +114,7 @@ def check_output_file(out: Path, inputs: Mapping[str, Path | None], suffixes: tu
         raise InputError(out, f"{option} is a folder; give a file name in it, e.g. {out / ('out' + (suffixes or ('',))[0])}")
     if out.exists() and not out.is_file():
         raise InputError(out, f"{option} exists and is not a regular file")
-    for name, path in inputs.items():
-        if path is not None and same_file(out, Path(path)):
-            raise InputError(out, f"{option} is the same file as {name} {path}: refusing to overwrite an input")
+    refuse_inputs(out, inputs, option, "file")
     check_writable_parent(out, option)
 
 
@@ -126,10 +124,16 @@ def check_output_folder(out: Path, inputs: Mapping[str, Path | None], option: st
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, f"{option} is a file; give a folder")
+    refuse_inputs(out, inputs, option, "folder")
+    check_writable_parent(out, option)
+
+
+def refuse_inputs(out: Path, inputs: Mapping[str, Path | None], option: str, what: str) -> None:
+    """`out` is none of the inputs (`{"--fg": path, ...}`, through symlinks and hard links): writing it must never
+    overwrite what the job reads."""
     for name, path in inputs.items():
         if path is not None and same_file(out, Path(path)):
-            raise InputError(out, f"{option} is the same folder as {name} {path}: refusing to overwrite an input")
-    check_writable_parent(out, option)
+            raise InputError(out, f"{option} is the same {what} as {name} {path}: refusing to overwrite an input")
 
 
 def check_writable_parent(out: Path, option: str = "--out") -> None:
