@@ -295,6 +295,8 @@ def test_mirrored_training_runs_and_resumes_to_the_same_weights(rendered_pairs, 
     train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, stop_after=2, **kw)
     resumed = train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, **kw)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    a, b = (RelightModel.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
+    assert all(torch.equal(a[name], b[name]) for name in a)
     plain = train_stage(1, rendered_pairs, tmp_path / "c", tmp_path / "run_c", dataclasses.replace(config, hflip=0.0),
                         **kw)
     assert plain.history[0]["loss"] != whole.history[0]["loss"]  # some samples of the first batch were mirrored
