@@ -176,3 +176,47 @@ def test_shading_loss_needs_a_gain_edit():
     model = RelightModel(micro_model_config())
     with pytest.raises(ValueError, match="shading_weight"):
         StageObjective(model, 1, prediction_type="sample", shading_weight=1.0)
+
+
+def test_mean_light_direction_points_at_the_light():
+    from relightful.lighting.envmap import latlong_directions
+    from relightful.training.light_probe import mean_light_direction
+
+    env = torch.zeros(16, 32, 3)
+    env[5, 20] = torch.tensor([2.0, 1.0, 0.5])  # one coloured light
+    light = torch.from_numpy(latlong_directions(16))[5, 20]
+    assert torch.allclose(mean_light_direction(env), light, atol=1e-6)
+    x, y, z = light  # the map turned by 90° about the vertical axis turns the direction with it
+    assert torch.allclose(mean_light_direction(env, 90.0), torch.stack([-z, y, x]), atol=1e-5)
+    assert float(mean_light_direction(torch.ones(16, 32, 3)).norm()) < 1e-6  # no direction in a uniform map
+
+
+def test_light_probe_reads_the_unet_and_learns_both_lightings():
+    """The probe's error joins the loss of stages 1-2, trains the UNet as well as the head, drops out where a batch has
+    no light directions (natural pairs), and a few steps on one batch learn the directions."""
+    torch.manual_seed(0)
+    model = RelightModel(micro_model_config())
+    set_trainable(model, 1)
+    objective = StageObjective(model, 1, prediction_type="sample", light_probe_weight=2.0)
+    batch = _stage2_batch(model)
+    batch["light"] = torch.nn.functional.normalize(torch.randn(4, 2, 3), dim=-1).view(4, 6) * 0.5
+    ones, noise, t = torch.ones(4), torch.randn_like(batch["target"]), torch.full((4,), 999)
+    loss, logs = objective(batch, noise, t, ones, ones)
+    wanted = float(logs["diffusion_loss"]) + 2.0 * float(logs["light_probe_loss"])
+    assert float(loss.detach()) == pytest.approx(wanted, rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.unet.down_blocks.parameters())
+    natural = {k: v for k, v in batch.items() if k not in ("panorama", "light")}
+    assert "light_probe_loss" not in objective(natural, noise, t, ones, ones)[1]
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    first = float(logs["light_probe_loss"])
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss, logs = objective(batch, noise, t, ones, ones)
+        loss.backward()
+        optimizer.step()
+    assert float(logs["light_probe_loss"]) < 0.1 * first
+    with pytest.raises(ValueError, match="stages 1-2"):
+        StageObjective(model, 3, prediction_type="sample", light_probe_weight=1.0)
+    assert not any("light_probe" in name for name in model.state_dict())  # a training aid, not part of the model

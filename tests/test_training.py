@@ -22,6 +22,7 @@ from relightful.training import TrainConfig
 from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
 from relightful.data.shards import read_pair_manifest
 from relightful.training.augment import mirror_mask, mirror_samples
+from relightful.training.light_probe import mean_light_direction
 from relightful.training.data import PairStream, ReplayStream, build_cache
 from relightful.training.loop import train_stage
 
@@ -201,15 +202,19 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
     fresh = PairStream(manifest, files, "train", micro_batch=4, world=2, rank=1, seed=7)
     assert torch.equal(fresh.batch(3)["composite"], streams[1].batch(3)["composite"])
     cache = load_tensors(next(iter(files.values())))
-    assert set(cache) == {"composite", "target", "matte", "background", "panorama"}
+    assert set(cache) == {"composite", "target", "matte", "background", "panorama", "light"}
     assert cache["composite"].shape[1:] == (12, 16, 16) and cache["panorama"].shape[1:] == (3, 8, 16)
+    # the target's light direction is that of the pair's own panorama z_b (its scale and exposure do not matter)
+    assert torch.allclose(cache["light"][:, 3:], torch.stack([mean_light_direction(p.float().permute(1, 2, 0))
+                                                              for p in cache["panorama"]]), atol=2e-3)
+    assert float(cache["light"].view(-1, 2, 3).norm(dim=-1).max()) <= 1.0
 
 
 def _without_panorama(files: dict[str, Path], folder: Path) -> dict[str, Path]:
-    """Copies of light-stage cache files as natural pairs' caches are: no panorama."""
+    """Copies of light-stage cache files as natural pairs' caches are: no panorama, no light directions."""
     out = {}
     for shard, path in files.items():
-        tensors = {k: v for k, v in load_tensors(path).items() if k != "panorama"}
+        tensors = {k: v for k, v in load_tensors(path).items() if k not in ("panorama", "light")}
         save_tensors(folder / path.name, tensors)
         out[shard] = folder / path.name
     return out
@@ -265,9 +270,10 @@ def test_mirrored_samples_are_the_pairs_seen_in_a_mirror():
     gen = torch.Generator().manual_seed(0)
     panorama = torch.rand(4, 3, 16, 32, generator=gen) ** 8  # a few bright lights
     images = torch.stack([_sphere_under(p) for p in panorama])
+    light = torch.stack([mean_light_direction(p.permute(1, 2, 0)) for p in panorama])
     batch = {"composite": codec.encode(images), "target": codec.encode(images.flip(-2)),
              "matte": torch.rand(4, 1, 8, 8, generator=gen), "background": torch.rand(4, 3, 32, 32, generator=gen),
-             "panorama": panorama}
+             "panorama": panorama, "light": torch.cat([light.flip(0), light], dim=1)}
     which = torch.tensor([True, False, True, False])
     mirrored = mirror_samples(batch, codec, which)
     # the latents are those of the mirrored images, exactly; images are mirrored along their width
@@ -282,6 +288,11 @@ def test_mirrored_samples_are_the_pairs_seen_in_a_mirror():
     relit = torch.stack([_sphere_under(p) for p in mirrored["panorama"][which]])
     assert torch.allclose(relit, images[which].flip(-1), atol=1e-5 * float(images.max()))
     assert not torch.allclose(relit, images[which], atol=0.05 * float(images.max()))  # the light did move
+    # and its light directions are those of the mirrored panorama (source and target vectors alike)
+    assert torch.allclose(mirrored["light"][which][:, 3:],
+                          torch.stack([mean_light_direction(p.permute(1, 2, 0)) for p in mirrored["panorama"][which]]),
+                          atol=1e-5)
+    assert torch.equal(mirrored["light"][which][:, :3] * torch.tensor([-1.0, 1.0, 1.0]), batch["light"][which][:, :3])
     # about the share asked for, drawn from the step's generator
     draws = mirror_mask(torch.Generator().manual_seed(1), 4000, 0.25)
     assert draws.dtype == torch.bool and abs(float(draws.float().mean()) - 0.25) < 0.03
@@ -302,6 +313,24 @@ def test_mirrored_training_runs_and_resumes_to_the_same_weights(rendered_pairs, 
     assert plain.history[0]["loss"] != whole.history[0]["loss"]  # some samples of the first batch were mirrored
     with pytest.raises(ValueError, match="hflip is the probability"):
         train_stage(1, rendered_pairs, tmp_path / "d", tmp_path / "run_d", dataclasses.replace(config, hflip=1.5), **kw)
+
+
+def test_light_probe_training_resumes_and_stays_out_of_the_model(rendered_pairs, tmp_path):
+    config = TrainConfig(steps=4, log_every=1, checkpoint_every=2, light_probe_weight=1.0,
+                         deepspeed=DeepSpeedConfig(micro_batch=4))
+    kw = dict(model_config=micro_model_config(), cache_dir=tmp_path / "cache", progress=False)
+    whole = train_stage(1, rendered_pairs, tmp_path / "a", tmp_path / "run_a", config, **kw)
+    train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, stop_after=2, **kw)
+    resumed = train_stage(1, rendered_pairs, tmp_path / "b", tmp_path / "run_b", config, **kw)
+    assert all(r["light_probe_loss"] > 0 for r in whole.history)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]  # the head was checkpointed
+    a, b = (RelightModel.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not any("probe" in name for name in load_tensors(tmp_path / "a" / "encoders.safetensors"))
+    stage2 = dataclasses.replace(config, steps=2, env_warmup_steps=1, align_start_step=1)  # a fresh head, not held
+    second = train_stage(2, rendered_pairs, tmp_path / "s2", tmp_path / "run_s2", stage2, init_from=tmp_path / "a",
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert all(r["light_probe_loss"] > 0 for r in second.history)
 
 
 @pytest.mark.parametrize("zero", [0, 2])

@@ -102,6 +102,9 @@ class TrainConfig:
     # probability that a training sample is mirrored left-right with its background and panorama (augment.py)
     hflip: float = 0.0
     shading_weight: float = 0.0     # weight of the level-free shading loss (gain-edit models; objectives.py)
+    # stages 1-2: weight of the auxiliary loss asking the UNet's middle features for both lightings' mean direction
+    # (training/light_probe.py; light-stage pairs only, the head is not part of the model)
+    light_probe_weight: float = 0.0
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000
     timestep_bias: TimestepBias = field(default_factory=TimestepBias)

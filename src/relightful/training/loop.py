@@ -137,6 +137,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
 
     groups = param_groups(model, stage, config.env_warmup_steps, config.pretrained_lr_scale)
+    if objective.light_probe is not None:  # new each stage, so never held back with the stage-1 parts
+        groups[-1]["params"] = list(groups[-1]["params"]) + list(objective.light_probe.parameters())
     engine, optimizer, scheduler = build_engine(objective, groups, config, world)
     ema = WeightEma(objective, config.ema_decay) if config.ema_decay else None
     start = 0

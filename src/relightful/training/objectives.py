@@ -16,6 +16,10 @@ relighting gain and the true one (target over composite, linear, smoothed as the
 its matte-weighted mean log, compared inside the matte. The pixel loss is dominated by the overall level, which a
 background shows least (the light on a face comes from behind the camera); this term asks for the shape of the new
 shading, where the light direction and the shadows are, whatever the level.
+
+With `light_probe_weight` > 0 (stages 1-2), a small head on the UNet's middle features predicts the mean light
+direction of the pair's source and target maps (training/light_probe.py) and its error joins the loss: the UNet must
+read the old lighting from the composite, not only receive the new one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from relightful.models import RelightModel
 from relightful.models.codecs import from_model_space
 from relightful.models.compositing import gain_field
 from relightful.models.relight_model import GAIN_LOG_LIMIT
+from relightful.training.light_probe import LightProbe
 
 
 def noise_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon", zero_snr: bool = False):
@@ -88,7 +93,7 @@ class StageObjective(nn.Module):
 
     def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000,
                  prediction_type: str = "epsilon", zero_snr: bool = False, bg_condition_fraction: float = 0.0,
-                 shading_weight: float = 0.0, shading_sigma: float = 3.0):
+                 shading_weight: float = 0.0, shading_sigma: float = 3.0, light_probe_weight: float = 0.0):
         super().__init__()
         if stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
@@ -100,6 +105,10 @@ class StageObjective(nn.Module):
             raise ValueError("shading_weight needs a model whose edit is a gain (model.residual, model.edit: gain)")
         self.shading_weight, self.shading_sigma = shading_weight, shading_sigma
         self.align_scale = 1.0  # the training loop ramps it over align_warmup_steps
+        if light_probe_weight and stage == 3:
+            raise ValueError("light_probe_weight is for stages 1-2 (stage 3 trains the UNet only, on natural pairs)")
+        self.light_probe_weight = light_probe_weight
+        self.light_probe = LightProbe(model.unet) if light_probe_weight else None
         self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
         self.prediction_type = prediction_type
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
@@ -109,7 +118,7 @@ class StageObjective(nn.Module):
         """The objective of `stage` as a `TrainConfig` sets it (the shading term smoothed at its sampling σ)."""
         return cls(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                    config.zero_snr, config.bg_condition_fraction, config.shading_weight,
-                   config.sampling.detail_sigma or 1.0)
+                   config.sampling.detail_sigma or 1.0, config.light_probe_weight if stage != 3 else 0.0)
 
     def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
                 keep_image: torch.Tensor, keep_light: torch.Tensor):
@@ -145,6 +154,10 @@ class StageObjective(nn.Module):
             shading = self.shading_loss(batch["composite"].to(dtype), target, batch["matte"].to(dtype), edit)
             logs["shading_loss"] = shading.detach()
             loss = loss + self.shading_weight * shading
+        if self.light_probe is not None and "light" in batch:
+            probe = self.light_probe.loss(batch["light"])
+            logs["light_probe_loss"] = probe.detach()
+            loss = loss + self.light_probe_weight * probe
         if self.stage == 2:
             align = torch.stack([F.mse_loss(b.float(), e.detach().float()) for b, e in zip(from_bg, lighting)]).mean()
             logs["align_loss"] = align.detach()
