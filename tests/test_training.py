@@ -450,8 +450,11 @@ def test_train_runs_itself_on_local_ranks(rendered_pairs, tmp_path):
     rank's optimizer state is checkpointed, the model folder is written once); a failing rank fails the job."""
     from test_faults import _env, _run, _train_cmd
 
+    # not under a launcher: without the rank variables that in-process training left in this process's environment
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                        "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     done = _run(_train_cmd(tmp_path, rendered_pairs, 2, "--set", "runtime.local_ranks=2",
-                           "--set", "deepspeed.micro_batch=2"), _env(), tmp_path)
+                           "--set", "deepspeed.micro_batch=2"), env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train: stage 1, 2 steps" in done.stdout
     step = tmp_path / "run" / "checkpoints" / "step-00000002"
@@ -459,9 +462,9 @@ def test_train_runs_itself_on_local_ranks(rendered_pairs, tmp_path):
                                                                           "optimizer-rank00001.safetensors"}
     assert RelightModel.from_pretrained(tmp_path / "model") is not None
     (tmp_path / "empty").mkdir()
-    failed = _run(_train_cmd(tmp_path / "empty", tmp_path / "no-pairs", 2, "--set", "runtime.local_ranks=2"), _env(),
+    failed = _run(_train_cmd(tmp_path / "empty", tmp_path / "no-pairs", 2, "--set", "runtime.local_ranks=2"), env,
                   tmp_path)
     assert failed.returncode == 1
     assert "training on 2 local ranks failed" in failed.stderr
-    bad = _run(_train_cmd(tmp_path / "empty", rendered_pairs, 2, "--set", "runtime.local_ranks=0"), _env(), tmp_path)
+    bad = _run(_train_cmd(tmp_path / "empty", rendered_pairs, 2, "--set", "runtime.local_ranks=0"), env, tmp_path)
     assert bad.returncode == 1 and "runtime.local_ranks must be ≥ 1, got 0" in bad.stderr
