@@ -83,7 +83,6 @@ def install_log_redaction() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # to relaunch the same command (train's local ranks)
     if getattr(args, "profile", None) is not None and getattr(args, "params", None) is None:
         # without a params file there is no profile to choose: the job would silently run on the code's defaults
         parser.error(f"{args.command}: --profile {args.profile} chooses a profile of a params file: "

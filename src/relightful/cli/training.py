@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from relightful.cli.common import JobFailed, add_params, check_output_folder
@@ -33,9 +32,6 @@ def cmd_train(args) -> None:
                         "(--replay data/pairs)")
     # before hours of training
     check_output_folder(out, {"--init": args.init, "--pairs": args.pairs, "--replay": args.replay})
-    if train_cfg.runtime.local_ranks > 1 and "RANK" not in os.environ:
-        relaunch_local_ranks(train_cfg.runtime.local_ranks, args.argv)
-        return
     tracking = start_tracking(args)  # fails fast when the MLflow store cannot be reached
     result = train_stage(args.stage, args.pairs, out, run_dir, train_cfg, model_cfg, args.init, args.cache,
                          progress=not args.quiet, samples_dir=args.samples, replay_dir=args.replay)
@@ -48,22 +44,6 @@ def cmd_train(args) -> None:
               f"{result.samples_per_s:.1f} samples/s -> {out}")
         if tracking:
             track_training(args, result, out, model_cfg, train_cfg)
-
-
-def relaunch_local_ranks(ranks: int, argv: list[str]) -> None:
-    """Run the command `argv` (relightful's arguments) as `ranks` torchrun ranks on this machine
-    (`train.runtime.local_ranks`), each with its share of the CPU's cores as threads (unless OMP_NUM_THREADS is set);
-    fails as the ranks fail."""
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               "-m", "relightful.cli", *argv]
-    code = subprocess.run(command, env=env).returncode
-    if code != 0:
-        raise JobFailed(f"training on {ranks} local ranks failed (torchrun exit status {code})")
 
 
 def write_card(args, out: Path, history: list[dict]) -> None:

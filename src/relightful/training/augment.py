@@ -2,21 +2,19 @@
 valid pair, so every subject and map is seen both ways round at no rendering cost.
 
 Everything a sample holds is mirrored together: the composite and target latents (through the codec, exactly for
-`pixel_unshuffle`), the matte, the background y_b, the panorama z_b and the lightings' moments. A lat-long map whose
-centre column is the camera's view direction (DESIGN 3.1, lighting/envmap.py) mirrors about the camera's vertical
-plane by reversing its columns: column j holds longitude φ, column W−1−j longitude −φ, and x = sin θ sin φ changes
-sign, and so does every moment of `light` that holds an odd power of x (`light_probe.MIRROR_SIGNS`).
+`pixel_unshuffle`), the matte, the background y_b, the panorama z_b and the lightings' mean directions. A lat-long
+map whose centre column is the camera's view direction (DESIGN 3.1, lighting/envmap.py) mirrors about the camera's
+vertical plane by reversing its columns: column j holds longitude φ, column W−1−j longitude −φ, and x = sin θ sin φ
+changes sign (as it does in each camera-space vector of `light`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from relightful.training.light_probe import MIRROR_SIGNS
-
 IMAGE_KEYS = ("matte", "background", "panorama")  # mirrored as images (last axis: width)
 LATENT_KEYS = ("composite", "target")             # mirrored through the codec
-MOMENT_KEYS = ("light",)                          # (B, k·MOMENTS) light moments, map after map
+VECTOR_KEYS = ("light",)                          # (B, 3k) camera-space vectors: x = every third entry
 
 
 def mirror_mask(gen: torch.Generator, n: int, probability: float) -> torch.Tensor:
@@ -34,9 +32,9 @@ def mirror_samples(batch: dict[str, torch.Tensor], codec, which: torch.Tensor) -
             flipped = codec.mirror(value[which])
         elif key in IMAGE_KEYS:
             flipped = value[which].flip(-1)
-        elif key in MOMENT_KEYS:
-            signs = torch.tensor(MIRROR_SIGNS, dtype=value.dtype, device=value.device)
-            flipped = value[which] * signs.repeat(value.shape[1] // len(MIRROR_SIGNS))
+        elif key in VECTOR_KEYS:
+            flipped = value[which].clone()
+            flipped[:, 0::3] = -flipped[:, 0::3]
         else:
             raise KeyError(f"don't know how to mirror the batch tensor {key!r}")
         out[key] = value.clone()

@@ -34,14 +34,6 @@ class RuntimeConfig:
     channels_last: bool = False          # NHWC activations (the layout of GPU tensor cores)
     compile: bool = False                # torch.compile the UNet and the encoders, in place (names unchanged)
     gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more time
-    # processes `relightful train` splits the step into on this machine: with more than one, it relaunches itself
-    # under torchrun with that many ranks (each `train.deepspeed.micro_batch` samples, the CPU's cores shared out
-    # as threads). Ignored under a launcher (torchrun, a PyTorchJob), which sets the ranks itself.
-    local_ranks: int = 1
-
-    def __post_init__(self):
-        if self.local_ranks < 1:
-            raise ValueError(f"runtime.local_ranks must be ≥ 1, got {self.local_ranks}")
 
 
 @dataclass(frozen=True)

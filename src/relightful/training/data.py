@@ -7,7 +7,7 @@ into a cache file of what the model consumes, in model space (DESIGN 3.4: sRGB-e
     matte               (P, 1, s, s) at latent resolution
     background          (P, 3, S, S) y_b, the input of F_bg
     panorama            (P, 3, h, 2h) z_b, linear, rotated and scaled like y_b (light-stage pairs only)
-    light               (P, 16) the `light_moments` of the source and target maps, as rotated for the pair
+    light               (P, 6) the mean light directions of the source and target maps, as rotated for the pair
                         (training/light_probe.py; light-stage pairs only)
 
 `PairStream.batch(step)` is a pure function of (seed, step, rank): the data order needs no state to resume.
@@ -29,9 +29,9 @@ from tqdm import tqdm
 from relightful.data.shards import MANIFEST, pair_panorama, read_map_store, read_pair_manifest, read_shard, shard_path
 from relightful.io import InputError, load_tensors, save_tensors
 from relightful.models.codecs import to_model_space
-from relightful.training.light_probe import light_moments
+from relightful.training.light_probe import mean_light_direction
 
-CACHE_VERSION = "3"  # 2: + light (mean directions); 3: light holds both maps' moments
+CACHE_VERSION = "2"  # 2: + light
 
 
 def cache_key(shard_path: Path, codec_identity: str, image_size: int) -> str:
@@ -60,8 +60,8 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
     cache = {k: torch.cat(v).cpu() for k, v in out.items()}
     if panoramas is not None:
         cache["panorama"] = torch.stack([pair_panorama(panoramas[r.env_b], r) for r in rows.itertuples()]).half()
-        cache["light"] = torch.stack([torch.cat([light_moments(panoramas[r.env_a], r.rotation_a_deg),
-                                                 light_moments(panoramas[r.env_b], r.rotation_b_deg)])
+        cache["light"] = torch.stack([torch.cat([mean_light_direction(panoramas[r.env_a], r.rotation_a_deg),
+                                                 mean_light_direction(panoramas[r.env_b], r.rotation_b_deg)])
                                       for r in rows.itertuples()])
     return cache
 

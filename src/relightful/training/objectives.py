@@ -17,9 +17,9 @@ its matte-weighted mean log, compared inside the matte. The pixel loss is domina
 background shows least (the light on a face comes from behind the camera); this term asks for the shape of the new
 shading, where the light direction and the shadows are, whatever the level.
 
-With `light_probe_weight` > 0 (stages 1-2), a small head on the UNet's middle features predicts the low-order moments
-(mean direction, second moment) of the pair's source and target maps (training/light_probe.py) and its error joins
-the loss: the UNet must read the old lighting from the composite, not only receive the new one.
+With `light_probe_weight` > 0 (stages 1-2), a small head on the UNet's middle features predicts the mean light
+direction of the pair's source and target maps (training/light_probe.py) and its error joins the loss: the UNet must
+read the old lighting from the composite, not only receive the new one.
 """
 
 from __future__ import annotations
