@@ -147,7 +147,7 @@ def test_normals_are_the_same_on_every_call(bust):
     """The silhouette normals (and so every light-direction number and the `shading` baseline) are bit-identical
     from call to call: OpenCV's precise distance transform was not, and the evaluation of two runs of the same
     models differed in the 7th digit."""
-    from relightful.evaluation.light_direction import normals_from_matte
+    from relightful.lighting.silhouette import normals_from_matte
 
     _, matte = bust
     m = matte[0, 0].numpy()
@@ -165,7 +165,7 @@ def test_normals_are_the_same_on_every_call(bust):
 
 
 def test_a_matte_filling_the_frame_has_flat_normals():
-    from relightful.evaluation.light_direction import normals_from_matte
+    from relightful.lighting.silhouette import normals_from_matte
 
     normals, mask = normals_from_matte(np.ones((12, 10)))
     np.testing.assert_array_equal(normals[..., 2], 1.0)

@@ -1,11 +1,7 @@
 """The dominant light direction of a lit subject, estimated from its shading, and the angle between two of them.
 
 Geometry. A portrait has no known geometry, so the surface is approximated from its silhouette as the union of
-its inscribed spheres: every point q on the ridge of the distance transform D (the medial axis) carries the sphere
-of radius D(q) that touches the silhouette's edge, and the height field is `h(p) = max_q sqrt(D(q)² − |p − q|²)`.
-For a disc that is exactly the hemisphere; for a bust it is a rounded head on a neck on a rounded torso. The frame's
-edges are not silhouette edges: shoulders cut by the bottom of a portrait continue beyond it. Normals come from
-the gradient of h (camera space of DESIGN 3.1: +x right, +y up, +z towards the camera).
+its inscribed spheres (lighting/silhouette.py).
 
 Fit. The luminance inside the matte is fitted with a clamped cosine lobe plus an ambient term,
 `Y ≈ a·max(0, n·d) + b` with a > 0, over a Fibonacci sphere of candidate directions (closed-form least squares per
@@ -30,7 +26,8 @@ import math
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+
+from relightful.lighting.silhouette import normals_from_matte, shrink  # noqa: F401 (normals: re-exported)
 
 LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709 weights of linear RGB
 
@@ -61,52 +58,6 @@ def _cap(centre: torch.Tensor, radius_deg: float, n: int) -> torch.Tensor:
     return local[:, :1] * u + local[:, 1:2] * v + local[:, 2:] * centre
 
 
-def _ridge(dist: np.ndarray) -> np.ndarray:
-    """Pixels where the distance transform is a local maximum along at least one of the 4 axes: its ridge (the
-    medial axis, thickened a little)."""
-    p = np.pad(dist, 1)
-    c = p[1:-1, 1:-1]
-    h, w = c.shape
-    shifted = lambda dy, dx: p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-    ridge = np.zeros(c.shape, bool)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        ridge |= (c >= shifted(dy, dx)) & (c >= shifted(-dy, -dx))
-    return ridge & (c > 0.5)
-
-
-def normals_from_matte(matte: np.ndarray, threshold: float = 0.5, max_centres: int = 4096,
-                       chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) matte -> normals (H, W, 3) of the silhouette's union of inscribed spheres (module docstring), and the
-    mask (H, W) of pixels to fit (inside the matte, away from the outermost pixel ring where the normals turn
-    sideways). At most `max_centres` ridge points are used (evenly thinned); `chunk` bounds the memory."""
-    inside = (np.asarray(matte) > threshold).astype(np.uint8)
-    if inside.all():  # no silhouette edge in the frame: a flat height field
-        normals = np.zeros((*inside.shape, 3))
-        normals[..., 2] = 1.0
-        return normals, np.ones(inside.shape, bool)
-    # The exact Euclidean distance to the nearest background pixel. No padding: it measures to background pixels
-    # only, so a subject cut by the frame (shoulders at the bottom edge of a portrait) continues beyond it instead of
-    # curling away at the frame. SciPy's, not OpenCV's DIST_MASK_PRECISE: that one gives different values from
-    # call to call on the same matte (seen on the synthetic busts), which made the evaluation not reproducible.
-    dist = distance_transform_edt(inside)
-    qy, qx = np.nonzero(_ridge(dist))
-    if len(qy) > max_centres:
-        keep = np.linspace(0, len(qy) - 1, max_centres).round().astype(int)
-        qy, qx = qy[keep], qx[keep]
-    radius2 = dist[qy, qx] ** 2
-    py, px = np.nonzero(inside)
-    height2 = np.zeros(len(py))
-    for s in range(0, len(py), chunk):  # chunks of pixels against all sphere centres at once
-        d2 = (py[s:s + chunk, None] - qy[None]) ** 2 + (px[s:s + chunk, None] - qx[None]) ** 2
-        height2[s:s + chunk] = (radius2[None] - d2).max(axis=1, initial=0.0)
-    height = np.zeros_like(dist)
-    height[py, px] = np.sqrt(np.clip(height2, 0, None))
-    d_row, d_col = np.gradient(height)
-    normals = np.stack([-d_col, d_row, np.ones_like(height)], axis=-1)  # rows grow downwards: +y is −row
-    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    return normals, (dist > 1.0)
-
-
 def _explained(normals: torch.Tensor, luma: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """(M, K): for each of M luminance vectors (M, P) and each candidate direction, the fraction of the
     luminance's variance a clamped-cosine lobe towards it explains (0 where the best lobe would be negative)."""
@@ -117,16 +68,6 @@ def _explained(normals: torch.Tensor, luma: torch.Tensor, candidates: torch.Tens
     var = (s_c ** 2).sum(dim=0).clamp_min(1e-12)
     total = (y_c ** 2).sum(dim=1, keepdim=True).clamp_min(1e-12)
     return torch.where(cov > 0, cov ** 2 / var, torch.zeros_like(cov)) / total
-
-
-def shrink(x: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    """Area-downsample (B, C, H, W) so the longer side is at most `max_side`: a lighting fit needs the shading's
-    shape, not its pixels, and the silhouette's height field costs pixels × ridge points."""
-    h, w = x.shape[-2:]
-    if max_side is None or max(h, w) <= max_side:
-        return x
-    size = (max(1, round(h * max_side / max(h, w))), max(1, round(w * max_side / max(h, w))))
-    return torch.nn.functional.interpolate(x, size=size, mode="area")
 
 
 def _sweep(n: torch.Tensor, luma: torch.Tensor, coarse: int, fine: int) -> tuple[torch.Tensor, torch.Tensor]:

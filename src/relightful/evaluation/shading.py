@@ -4,7 +4,7 @@ lighting, divide the one out and multiply the other in.
 
     out = fg · clamp(ρ₀ · S_t(n) / S_s(n), 1/16, 16)          per channel, linear light
 
-- Normals n: the silhouette's union of inscribed spheres, `light_direction.normals_from_matte` (no geometry is
+- Normals n: the silhouette's union of inscribed spheres, `lighting/silhouette.py` (no geometry is
   known), computed at most NORMALS_SIDE pixels per side and upsampled.
 - Source shading S_s(n) = a·max(0, n·d_s) + b: the clamped-cosine lobe plus ambient fitted to the foreground's own
   luminance (`light_direction.fit_lighting`). It carries the subject's albedo level too, so fg / S_s is a
@@ -37,7 +37,8 @@ import math
 
 import torch
 
-from relightful.evaluation.light_direction import LUMA, fit_lighting, normals_from_matte, shrink
+from relightful.evaluation.light_direction import LUMA, fit_lighting
+from relightful.lighting.silhouette import silhouette_normals
 
 FOV_DEG = 55.0            # assumed horizontal field of view of a background photo
 REFLECTANCE = 0.4         # ρ₀: assumed mean reflectance of a portrait (skin and clothes), linear luminance
@@ -122,21 +123,9 @@ def source_lighting(fg: torch.Tensor, matte: torch.Tensor) -> dict[str, torch.Te
     return out
 
 
-def _normals(matte: torch.Tensor, max_side: int = NORMALS_SIDE) -> torch.Tensor:
-    """(B, 3, H, W) silhouette normals of each matte (B, 1, H, W), computed at most `max_side` pixels per side
-    (the shading is smooth; the union-of-spheres height field costs pixels × ridge points) and upsampled."""
-    h, w = matte.shape[-2:]
-    small = shrink(matte.double().cpu(), max_side)
-    n = torch.stack([torch.from_numpy(normals_from_matte(m[0].numpy())[0]).permute(2, 0, 1) for m in small])
-    if n.shape[-2:] != (h, w):
-        n = torch.nn.functional.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
-        n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return n
-
-
 def reshade(fg: torch.Tensor, matte: torch.Tensor, bg: torch.Tensor, fov_deg: float = FOV_DEG) -> torch.Tensor:
     """The baseline's foreground layer (B, 3, H, W), linear: fg · ρ₀ S_t / S_s (module docstring)."""
-    n = _normals(matte)                                                             # (B, 3, H, W)
+    n = silhouette_normals(matte, NORMALS_SIDE)                                     # (B, 3, H, W)
     src, tgt = source_lighting(fg, matte), background_lighting(bg, matte, fov_deg)
     cos_s = torch.einsum("bchw,bc->bhw", n, src["direction"]).clamp_min(0)
     s_s = src["amplitude"][:, None, None] * cos_s + src["ambient"][:, None, None]

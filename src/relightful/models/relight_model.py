@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from relightful.config import from_dict
 from relightful.io import InputError, atomic_write_text, load_tensors, read_json, save_tensors
 from relightful.io.paths import contained
+from relightful.lighting.silhouette import silhouette_normals
 from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec, from_model_space
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
@@ -57,6 +58,15 @@ class ModelConfig:
     # gain is what a relighting is, and a global colour or exposure change is one constant, not a function of each
     # pixel's value as it is in sRGB.
     edit: str = "add"
+    # The UNet also sees the silhouette's normals (lighting/silhouette.py) beside the matte: three more input
+    # channels at latent resolution. A relighting gain is a ratio of two shadings of the surface's normals, which a
+    # small UNet does not infer from a 16×16 matte in minutes; the normals need nothing the matte does not give.
+    silhouette_normals: bool = False
+
+    @property
+    def shape_channels(self) -> int:
+        """Input channels of the subject's shape: the matte, and its normals when `silhouette_normals`."""
+        return 4 if self.silhouette_normals else 1
 
 
 class RelightModel(nn.Module):
@@ -69,15 +79,16 @@ class RelightModel(nn.Module):
         latent = config.image_size // self.codec.factor
         self.latent_size = latent
         if unet is None:
-            unet = (load_instruct_pix2pix_unet(config.unet.init_from) if config.unet.init_from
-                    else build_unet(config.unet, self.codec.channels, latent))
+            unet = (load_instruct_pix2pix_unet(config.unet.init_from, config.shape_channels) if config.unet.init_from
+                    else build_unet(config.unet, self.codec.channels, latent, config.shape_channels))
         if config.edit not in ("add", "gain"):
             raise ValueError(f"model edit must be 'add' or 'gain', got {config.edit!r}")
         if config.residual and config.edit == "gain" and not isinstance(self.codec, PixelUnshuffleCodec):
             raise ValueError("a gain edit needs the pixel_unshuffle codec (a VAE latent is not linear light)")
-        expected_in = 2 * self.codec.channels + 1
+        expected_in = 2 * self.codec.channels + config.shape_channels
         if unet.config.in_channels != expected_in:
-            raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec needs {expected_in}")
+            raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec and the shape "
+                             f"inputs need {expected_in}")
         self.unet = unet
         self.feature_shapes = adapter_feature_shapes(unet, (latent, latent))
         self.lighting = LightingEncoder(config.lighting, config.image_size, self.feature_shapes)
@@ -105,8 +116,14 @@ class RelightModel(nn.Module):
         return features
 
     def matte_latent(self, matte: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) matte -> (B, 1, s, s) at latent resolution (area average)."""
-        return F.interpolate(matte, size=(self.latent_size, self.latent_size), mode="area")
+        """(B, 1, S, S) matte -> the UNet's shape input (B, shape_channels, s, s) at latent resolution (area
+        average): the matte, then its silhouette normals (x, y, z) when `config.silhouette_normals`."""
+        size = (self.latent_size, self.latent_size)
+        shape = F.interpolate(matte, size=size, mode="area")
+        if self.config.silhouette_normals:
+            normals = silhouette_normals(matte).to(matte.device, matte.dtype)
+            shape = torch.cat([shape, F.interpolate(normals, size=size, mode="area")], dim=1)
+        return shape
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
                 features: list[torch.Tensor] | None, return_edit: bool = False):

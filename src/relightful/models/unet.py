@@ -1,5 +1,6 @@
 """The conditioned denoiser: a diffusers `UNet2DConditionModel` whose input channels are the noisy target latent,
-the composite latent and the matte at latent resolution (DESIGN 3.5; InstructPix2Pix has the first two).
+the composite latent and the subject's shape at latent resolution, the matte and optionally its silhouette normals
+(DESIGN 3.5; InstructPix2Pix has the first two).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ class UNetConfig:
     init_from: str | None = None    # a local InstructPix2Pix folder (with unet/): initialise from its weights
 
 
-def build_unet(config: UNetConfig, latent_channels: int, sample_size: int):
-    """A freshly initialised UNet for `latent_channels`-channel latents (inputs: 2·C + 1 channels)."""
+def build_unet(config: UNetConfig, latent_channels: int, sample_size: int, shape_channels: int = 1):
+    """A freshly initialised UNet for `latent_channels`-channel latents (inputs: 2·C + shape_channels)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=2 * latent_channels + 1,
+        in_channels=2 * latent_channels + shape_channels,
         out_channels=latent_channels,
         block_out_channels=tuple(config.block_out_channels),
         down_block_types=tuple(config.down_block_types),
@@ -44,24 +45,26 @@ def build_unet(config: UNetConfig, latent_channels: int, sample_size: int):
     )
 
 
-def add_matte_channel(unet):
-    """The same UNet with one more input channel (the matte) whose weights are zero: its output is unchanged."""
+def add_input_channels(unet, count: int = 1):
+    """The same UNet with `count` more input channels (the shape inputs) whose weights are zero: its output is
+    unchanged."""
     from diffusers import UNet2DConditionModel
 
     old = unet.conv_in
     config = dict(unet.config)
-    config["in_channels"] = old.in_channels + 1
+    config["in_channels"] = old.in_channels + count
     new_unet = UNet2DConditionModel.from_config(config)
     state = unet.state_dict()
-    weight = torch.zeros(old.out_channels, old.in_channels + 1, *old.kernel_size, dtype=old.weight.dtype)
+    weight = torch.zeros(old.out_channels, old.in_channels + count, *old.kernel_size, dtype=old.weight.dtype)
     weight[:, :old.in_channels] = old.weight.detach()
     state["conv_in.weight"] = weight
     new_unet.load_state_dict(state)
     return new_unet.to(old.weight.dtype)
 
 
-def load_instruct_pix2pix_unet(folder: str | Path):
-    """The UNet of a local InstructPix2Pix folder (`unet/` in diffusers layout, safetensors), matte channel added."""
+def load_instruct_pix2pix_unet(folder: str | Path, shape_channels: int = 1):
+    """The UNet of a local InstructPix2Pix folder (`unet/` in diffusers layout, safetensors), with the shape input
+    channels added (zero weights)."""
     from diffusers import UNet2DConditionModel
 
     folder = Path(folder)
@@ -75,7 +78,7 @@ def load_instruct_pix2pix_unet(folder: str | Path):
     if unet.config.in_channels != 2 * unet.config.out_channels:
         raise InputError(unet_dir, f"not an InstructPix2Pix UNet: {unet.config.in_channels} input channels for "
                                    f"{unet.config.out_channels}-channel latents (expected twice as many)")
-    return add_matte_channel(unet)
+    return add_input_channels(unet, shape_channels)
 
 
 NULL_EMBEDDING_FILE = "null_embedding.safetensors"

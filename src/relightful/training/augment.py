@@ -5,7 +5,8 @@ Everything a sample holds is mirrored together: the composite and target latents
 `pixel_unshuffle`), the matte, the background y_b, the panorama z_b and the lightings' mean directions. A lat-long
 map whose centre column is the camera's view direction (DESIGN 3.1, lighting/envmap.py) mirrors about the camera's
 vertical plane by reversing its columns: column j holds longitude φ, column W−1−j longitude −φ, and x = sin θ sin φ
-changes sign (as it does in each camera-space vector of `light`).
+changes sign (as it does in each camera-space vector of `light`, and in the x channel of the silhouette normals that
+follow the matte in its tensor when the model takes them).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def mirror_samples(batch: dict[str, torch.Tensor], codec, which: torch.Tensor) -
             flipped = codec.mirror(value[which])
         elif key in IMAGE_KEYS:
             flipped = value[which].flip(-1)
+            if key == "matte" and value.shape[1] == 4:  # matte, normal x, y, z: x points the other way
+                flipped[:, 1] = -flipped[:, 1]
         elif key in VECTOR_KEYS:
             flipped = value[which].clone()
             flipped[:, 0::3] = -flipped[:, 0::3]

@@ -4,7 +4,8 @@ The shards of `render-pairs` (and of `augment`) hold linear images. Before train
 into a cache file of what the model consumes, in model space (DESIGN 3.4: sRGB-encoded, mapped to [−1, 1]):
 
     composite, target   (P, C, s, s) latents of m·x_a + (1−m)·y_b and m·x_b + (1−m)·y_b
-    matte               (P, 1, s, s) at latent resolution
+    matte               (P, 1, s, s) at latent resolution; (P, 4, s, s) with the silhouette normals when the model
+                        takes them (`RelightModel.matte_latent`)
     background          (P, 3, S, S) y_b, the input of F_bg
     panorama            (P, 3, h, 2h) z_b, linear, rotated and scaled like y_b (light-stage pairs only)
     light               (P, 6) the mean light directions of the source and target maps, as rotated for the pair
@@ -34,9 +35,11 @@ from relightful.training.light_probe import mean_light_direction
 CACHE_VERSION = "2"  # 2: + light
 
 
-def cache_key(shard_path: Path, codec_identity: str, image_size: int) -> str:
+def cache_key(shard_path: Path, codec_identity: str, image_size: int, shape_channels: int = 1) -> str:
     stat = shard_path.stat()
     raw = f"{CACHE_VERSION}|{shard_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{codec_identity}|{image_size}"
+    if shape_channels != 1:  # keys of the matte-only caches stay as they were
+        raw += f"|shape{shape_channels}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -77,7 +80,8 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
         path = shard_path(pairs_dir, name, f"{pairs_dir / MANIFEST}: pair {rows.pair_id.iloc[0]} (shard {name!r})")
         if not path.is_file():
             raise InputError(path, "shard listed in the manifest is missing")
-        target = cache_root / f"{Path(name).stem}-{cache_key(path, model.codec.identity, model.config.image_size)}.safetensors"
+        key = cache_key(path, model.codec.identity, model.config.image_size, model.config.shape_channels)
+        target = cache_root / f"{Path(name).stem}-{key}.safetensors"
         if not target.is_file():
             if panoramas is None:
                 panoramas = read_map_store(pairs_dir)

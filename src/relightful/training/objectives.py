@@ -151,7 +151,7 @@ class StageObjective(nn.Module):
         loss = F.mse_loss(prediction.float(), wanted)
         logs["diffusion_loss"] = loss.detach()
         if edit is not None:
-            shading = self.shading_loss(batch["composite"].to(dtype), target, batch["matte"].to(dtype), edit)
+            shading = self.shading_loss(batch["composite"].to(dtype), target, batch["matte"][:, :1].to(dtype), edit)
             logs["shading_loss"] = shading.detach()
             loss = loss + self.shading_weight * shading
         if self.light_probe is not None and "light" in batch:
