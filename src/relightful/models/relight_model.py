@@ -4,7 +4,8 @@ A model folder (what training writes and `--model` accepts):
 
     relightful.json               {"format": "relightful-model", "version": 2, "config": ModelConfig, ...}
     unet/                         diffusers layout (config.json + diffusion_pytorch_model.safetensors)
-    encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding"
+    encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding", and the shading
+                                  head ("shading_head.*") when the model has one
     vae/                          the AutoencoderKL, when the codec is one (so the folder is self-contained)
     scheduler/                    the sampler to use (diffusers format, any scheduler class) on the training
                                   betas and prediction type; in version-1 folders, the training noise schedule
@@ -32,6 +33,7 @@ from relightful.lighting.silhouette import silhouette_normals
 from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec, build_codec, from_model_space
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
+from relightful.models.shading_head import ShadingHead, upsample_log_gain
 from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_unet, check_features,
                                     load_instruct_pix2pix_unet, load_null_embedding)
 
@@ -62,6 +64,9 @@ class ModelConfig:
     # channels at latent resolution. A relighting gain is a ratio of two shadings of the surface's normals, which a
     # small UNet does not infer from a 16×16 matte in minutes; the normals need nothing the matte does not give.
     silhouette_normals: bool = False
+    # The relighting gain starts from the ratio of two predicted order-2 shadings of the silhouette normals
+    # (models/shading_head.py); needs `silhouette_normals` and the gain edit.
+    shading_head: bool = False
 
     @property
     def shape_channels(self) -> int:
@@ -101,6 +106,11 @@ class RelightModel(nn.Module):
             raise ValueError(f"null embedding of shape {tuple(null_embedding.shape)} does not fit a UNet with "
                              f"cross_attention_dim {unet.config.cross_attention_dim}")
         self.null_embedding = nn.Parameter(null_embedding.float())
+        self.shading_head = None
+        if config.shading_head:
+            if not (config.silhouette_normals and config.residual and config.edit == "gain"):
+                raise ValueError("model.shading_head needs model.silhouette_normals, model.residual and edit 'gain'")
+            self.shading_head = ShadingHead(unet)
 
     # --- conditioning -------------------------------------------------------------------------------------------
     def background_features(self, background: torch.Tensor) -> list[torch.Tensor]:
@@ -137,6 +147,9 @@ class RelightModel(nn.Module):
             check_features(features, self.feature_shapes, x.shape[0])
             extra["down_intrablock_additional_residuals"] = [f.to(x.dtype) for f in features]  # a fresh list
         out = self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False, **extra)[0]
+        if self.shading_head is not None:
+            log_gain = upsample_log_gain(self.shading_head.log_gain(matte), self.config.image_size)
+            out = out + self.codec.encode(log_gain).to(out.dtype)
         if not self.config.residual:
             return out
         prediction = out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
@@ -156,6 +169,8 @@ class RelightModel(nn.Module):
     def encoder_state(self) -> dict[str, torch.Tensor]:
         state = {f"lighting.{k}": v for k, v in self.lighting.state_dict().items()}
         state.update({f"panorama.{k}": v for k, v in self.panorama.state_dict().items()})
+        if self.shading_head is not None:
+            state.update({f"shading_head.{k}": v for k, v in self.shading_head.state_dict().items()})
         state["null_embedding"] = self.null_embedding.detach()
         return state
 
@@ -217,7 +232,10 @@ class RelightModel(nn.Module):
             model = cls(config, unet=unet, null_embedding=state.pop("null_embedding"))
         except ValueError as err:
             raise InputError(folder, str(err)) from None
-        for prefix, module in (("lighting.", model.lighting), ("panorama.", model.panorama)):
+        parts = [("lighting.", model.lighting), ("panorama.", model.panorama)]
+        if model.shading_head is not None:
+            parts.append(("shading_head.", model.shading_head))
+        for prefix, module in parts:
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             try:
                 module.load_state_dict(part, strict=True)

@@ -105,6 +105,9 @@ class TrainConfig:
     # stages 1-2: weight of the auxiliary loss asking the UNet's middle features for both lightings' mean direction
     # (training/light_probe.py; light-stage pairs only, the head is not part of the model)
     light_probe_weight: float = 0.0
+    # models with a shading head (models/shading_head.py): weight of the error of its predicted shading coefficients
+    # against the pair's true maps' (light-stage pairs only)
+    shading_head_weight: float = 0.0
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000
     timestep_bias: TimestepBias = field(default_factory=TimestepBias)

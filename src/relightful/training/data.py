@@ -10,6 +10,8 @@ into a cache file of what the model consumes, in model space (DESIGN 3.4: sRGB-e
     panorama            (P, 3, h, 2h) z_b, linear, rotated and scaled like y_b (light-stage pairs only)
     light               (P, 6) the mean light directions of the source and target maps, as rotated for the pair
                         (training/light_probe.py; light-stage pairs only)
+    shading             (P, 16) the level-free order-2 shading coefficients of the source and target maps, as
+                        rotated for the pair (lighting/sh.py; light-stage pairs only)
 
 `PairStream.batch(step)` is a pure function of (seed, step, rank): the data order needs no state to resume.
 """
@@ -29,10 +31,11 @@ from tqdm import tqdm
 
 from relightful.data.shards import MANIFEST, pair_panorama, read_map_store, read_pair_manifest, read_shard, shard_path
 from relightful.io import InputError, load_tensors, save_tensors
+from relightful.lighting.sh import shading_coefficients
 from relightful.models.codecs import to_model_space
 from relightful.training.light_probe import mean_light_direction
 
-CACHE_VERSION = "2"  # 2: + light
+CACHE_VERSION = "3"  # 2: + light; 3: + shading
 
 
 def cache_key(shard_path: Path, codec_identity: str, image_size: int, shape_channels: int = 1) -> str:
@@ -66,6 +69,9 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
         cache["light"] = torch.stack([torch.cat([mean_light_direction(panoramas[r.env_a], r.rotation_a_deg),
                                                  mean_light_direction(panoramas[r.env_b], r.rotation_b_deg)])
                                       for r in rows.itertuples()])
+        cache["shading"] = torch.stack([torch.cat([shading_coefficients(panoramas[r.env_a], r.rotation_a_deg),
+                                                   shading_coefficients(panoramas[r.env_b], r.rotation_b_deg)])
+                                        for r in rows.itertuples()])
     return cache
 
 

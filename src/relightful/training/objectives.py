@@ -50,12 +50,13 @@ def noise_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "eps
 
 
 def trainable_parts(model: RelightModel, stage: int) -> list[nn.Module | nn.Parameter]:
+    unet = [model.unet] + ([model.shading_head] if model.shading_head is not None else [])  # the head renders
     if stage == 1:
-        return [model.unet, model.lighting] + ([model.null_embedding] if model.config.unet.init_from is None else [])
+        return unet + [model.lighting] + ([model.null_embedding] if model.config.unet.init_from is None else [])
     if stage == 2:
-        return [model.unet, model.panorama, model.lighting]
+        return unet + [model.panorama, model.lighting]
     if stage == 3:
-        return [model.unet]
+        return unet
     raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
 
 
@@ -93,7 +94,8 @@ class StageObjective(nn.Module):
 
     def __init__(self, model: RelightModel, stage: int, align_weight: float = 1.0, num_train_timesteps: int = 1000,
                  prediction_type: str = "epsilon", zero_snr: bool = False, bg_condition_fraction: float = 0.0,
-                 shading_weight: float = 0.0, shading_sigma: float = 3.0, light_probe_weight: float = 0.0):
+                 shading_weight: float = 0.0, shading_sigma: float = 3.0, light_probe_weight: float = 0.0,
+                 shading_head_weight: float = 0.0):
         super().__init__()
         if stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
@@ -108,6 +110,9 @@ class StageObjective(nn.Module):
         if light_probe_weight and stage == 3:
             raise ValueError("light_probe_weight is for stages 1-2 (stage 3 trains the UNet only, on natural pairs)")
         self.light_probe_weight = light_probe_weight
+        if shading_head_weight and model.shading_head is None:
+            raise ValueError("shading_head_weight supervises the model's shading head: set model.shading_head")
+        self.shading_head_weight = shading_head_weight
         self.light_probe = LightProbe(model.unet) if light_probe_weight else None
         self.scheduler = noise_scheduler(num_train_timesteps, prediction_type, zero_snr)
         self.prediction_type = prediction_type
@@ -118,7 +123,8 @@ class StageObjective(nn.Module):
         """The objective of `stage` as a `TrainConfig` sets it (the shading term smoothed at its sampling σ)."""
         return cls(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                    config.zero_snr, config.bg_condition_fraction, config.shading_weight,
-                   config.sampling.detail_sigma or 1.0, config.light_probe_weight if stage != 3 else 0.0)
+                   config.sampling.detail_sigma or 1.0, config.light_probe_weight if stage != 3 else 0.0,
+                   config.shading_head_weight if model.shading_head is not None else 0.0)
 
     def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
                 keep_image: torch.Tensor, keep_light: torch.Tensor):
@@ -158,6 +164,10 @@ class StageObjective(nn.Module):
             probe = self.light_probe.loss(batch["light"])
             logs["light_probe_loss"] = probe.detach()
             loss = loss + self.light_probe_weight * probe
+        if self.shading_head_weight and "shading" in batch:  # light-stage pairs: the maps' true coefficients
+            head = F.mse_loss(self.model.shading_head.coefficients, batch["shading"].float())
+            logs["shading_head_loss"] = head.detach()
+            loss = loss + self.shading_head_weight * head
         if self.stage == 2:
             align = torch.stack([F.mse_loss(b.float(), e.detach().float()) for b, e in zip(from_bg, lighting)]).mean()
             logs["align_loss"] = align.detach()
