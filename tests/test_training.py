@@ -202,7 +202,7 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
     fresh = PairStream(manifest, files, "train", micro_batch=4, world=2, rank=1, seed=7)
     assert torch.equal(fresh.batch(3)["composite"], streams[1].batch(3)["composite"])
     cache = load_tensors(next(iter(files.values())))
-    assert set(cache) == {"composite", "target", "matte", "background", "panorama", "light"}
+    assert set(cache) == {"composite", "target", "matte", "background", "panorama", "light", "shading"}
     assert cache["composite"].shape[1:] == (12, 16, 16) and cache["panorama"].shape[1:] == (3, 8, 16)
     # the target's light direction is that of the pair's own panorama z_b (its scale and exposure do not matter)
     assert torch.allclose(cache["light"][:, 3:], torch.stack([mean_light_direction(p.float().permute(1, 2, 0))
@@ -211,10 +211,11 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
 
 
 def _without_panorama(files: dict[str, Path], folder: Path) -> dict[str, Path]:
-    """Copies of light-stage cache files as natural pairs' caches are: no panorama, no light directions."""
+    """Copies of light-stage cache files as natural pairs' caches are: no panorama, no light directions or shading
+    coefficients."""
     out = {}
     for shard, path in files.items():
-        tensors = {k: v for k, v in load_tensors(path).items() if k not in ("panorama", "light")}
+        tensors = {k: v for k, v in load_tensors(path).items() if k not in ("panorama", "light", "shading")}
         save_tensors(folder / path.name, tensors)
         out[shard] = folder / path.name
     return out

@@ -124,7 +124,7 @@ class StageObjective(nn.Module):
         return cls(model, stage, config.align_weight, config.num_train_timesteps, config.prediction_type,
                    config.zero_snr, config.bg_condition_fraction, config.shading_weight,
                    config.sampling.detail_sigma or 1.0, config.light_probe_weight if stage != 3 else 0.0,
-                   config.shading_head_weight if model.shading_head is not None else 0.0)
+                   config.shading_head_weight)
 
     def forward(self, batch: dict[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor,
                 keep_image: torch.Tensor, keep_light: torch.Tensor):
