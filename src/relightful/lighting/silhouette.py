@@ -7,9 +7,9 @@ silhouette edges: shoulders cut by the bottom of a portrait continue beyond it. 
 (camera space of DESIGN 3.1: +x right, +y up, +z towards the camera).
 
 The light-direction metric and the `shading` baseline fit lightings on these normals (evaluation/); the model can
-take them as three more input channels (`ModelConfig.silhouette_normals`): for a Lambertian subject the relighting
-gain is a ratio of two shadings of the normals, and a small UNet at 16×16 latents does not infer the shape of a
-subject from its matte in minutes of training.
+take them as three more input channels (`ModelConfig.silhouette_normals`), since for a Lambertian subject the
+relighting gain is a ratio of two shadings of the normals (on the tiny profile it read level on val:
+docs/model.md).
 """
 
 from __future__ import annotations

@@ -61,11 +61,11 @@ class ModelConfig:
     # pixel's value as it is in sRGB.
     edit: str = "add"
     # The UNet also sees the silhouette's normals (lighting/silhouette.py) beside the matte: three more input
-    # channels at latent resolution. A relighting gain is a ratio of two shadings of the surface's normals, which a
-    # small UNet does not infer from a 16×16 matte in minutes; the normals need nothing the matte does not give.
+    # channels at latent resolution (a relighting gain is a ratio of two shadings of the surface's normals; the
+    # normals need nothing the matte does not give). Off in both profiles: level on the tiny profile's val.
     silhouette_normals: bool = False
     # The relighting gain starts from the ratio of two predicted order-2 shadings of the silhouette normals
-    # (models/shading_head.py); needs `silhouette_normals` and the gain edit.
+    # (models/shading_head.py); needs `silhouette_normals` and the gain edit. Off: level on val (docs/model.md).
     shading_head: bool = False
 
     @property

@@ -9,7 +9,8 @@ level-free order-2 shading coefficients of both lightings, and the log of their 
 mean-free inside the matte, is added to the UNet's log-gain edit. The UNet keeps the level, the colour and all
 that the ratio misses (cast shadows, highlights, the silhouette's errors). The head's last layer starts at zero, so
 a new model starts from the UNet alone; in stages 1-2 its coefficients are also supervised with the true maps'
-(`train.shading_head_weight`).
+(`train.shading_head_weight`). On the tiny profile the whole chain with it read level on val, because its estimates
+of the two lightings, not the rendering, are the limit (docs/model.md); both profiles leave it off.
 """
 
 from __future__ import annotations
