@@ -210,6 +210,39 @@ def test_pair_stream_is_deterministic_and_covers_the_split(rendered_pairs, tmp_p
     assert float(cache["light"].view(-1, 2, 3).norm(dim=-1).max()) <= 1.0
 
 
+def test_a_manifest_listing_some_of_a_shards_pairs_streams_those_pairs(rendered_pairs, tmp_path):
+    """A curated manifest (bad pairs dropped) caches and streams exactly its own pairs, and its cache is not the
+    whole manifest's."""
+    import shutil
+
+    from relightful.data.shards import MANIFEST, read_shard
+    from relightful.models.codecs import to_model_space
+    from relightful.training.validation import validation_batch
+
+    curated = tmp_path / "curated"
+    shutil.copytree(rendered_pairs, curated)
+    manifest = read_pair_manifest(curated)
+    kept = manifest[manifest["index"] % 2 == 1]  # every other pair of each shard
+    kept.to_parquet(curated / MANIFEST)
+    model = RelightModel(micro_model_config())
+    files = build_cache(curated, tmp_path / "cache", model, progress=False)
+    whole = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    assert set(files.values()).isdisjoint(whole.values())
+    n_train = int((kept.split == "train").sum())
+    stream = PairStream(kept, files, "train", micro_batch=n_train, seed=3)
+    seen = stream.batch(0)["background"]
+    wanted = []
+    for shard, rows in kept[kept.split == "train"].groupby("shard"):
+        y_b = read_shard(curated / shard)["y_b"][torch.as_tensor(rows["index"].to_numpy().copy())]
+        wanted.append(to_model_space(y_b.float()).half().float())
+    wanted = torch.cat(wanted)
+    # the stream holds the kept pairs, each once (compared as sets of flattened backgrounds)
+    key = lambda t: sorted(map(tuple, t.flatten(1)[:, :64].tolist()))
+    assert key(seen) == key(wanted)
+    first = validation_batch(curated, files, 3, split="train")["background"]
+    assert torch.equal(first, wanted[:3])
+
+
 def _without_panorama(files: dict[str, Path], folder: Path) -> dict[str, Path]:
     """Copies of light-stage cache files as natural pairs' caches are: no panorama, no light directions or shading
     coefficients."""

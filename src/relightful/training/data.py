@@ -38,11 +38,16 @@ from relightful.training.light_probe import mean_light_direction
 CACHE_VERSION = "3"  # 2: + light; 3: + shading
 
 
-def cache_key(shard_path: Path, codec_identity: str, image_size: int, shape_channels: int = 1) -> str:
+def cache_key(shard_path: Path, codec_identity: str, image_size: int, shape_channels: int = 1,
+              rows: np.ndarray | None = None) -> str:
+    """The cache file's key: the shard file, the codec and size, and which of the shard's rows it holds (a manifest
+    may list only some of a shard's pairs, e.g. one curated to drop bad pairs)."""
     stat = shard_path.stat()
     raw = f"{CACHE_VERSION}|{shard_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{codec_identity}|{image_size}"
     if shape_channels != 1:  # keys of the matte-only caches stay as they were
         raw += f"|shape{shape_channels}"
+    if rows is not None:
+        raw += "|rows" + hashlib.sha256(np.sort(np.asarray(rows, dtype=np.int64)).tobytes()).hexdigest()
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -76,7 +81,8 @@ def encode_shard(shard: dict[str, torch.Tensor], rows: pd.DataFrame, model, pano
 
 
 def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: bool = True) -> dict[str, Path]:
-    """Encode every shard once (skipping those already cached); returns shard name -> cache file."""
+    """Encode every shard once (skipping those already cached); returns shard name -> cache file, which holds the
+    manifest's rows of that shard in the order of their index."""
     pairs_dir, cache_root = Path(pairs_dir), Path(cache_root)
     manifest = read_pair_manifest(pairs_dir)
     panoramas: dict | None = None  # the map store, read only if a shard needs encoding
@@ -86,7 +92,8 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
         path = shard_path(pairs_dir, name, f"{pairs_dir / MANIFEST}: pair {rows.pair_id.iloc[0]} (shard {name!r})")
         if not path.is_file():
             raise InputError(path, "shard listed in the manifest is missing")
-        key = cache_key(path, model.codec.identity, model.config.image_size, model.config.shape_channels)
+        key = cache_key(path, model.codec.identity, model.config.image_size, model.config.shape_channels,
+                        rows["index"].to_numpy())
         target = cache_root / f"{Path(name).stem}-{key}.safetensors"
         if not target.is_file():
             if panoramas is None:
@@ -112,7 +119,8 @@ class PairStream:
         if rows.empty:
             raise ValueError(f"no pairs in split {split!r}")
         self.shards = sorted(rows.shard.unique())
-        self.indices = {s: rows["index"][rows.shard == s].to_numpy() for s in self.shards}  # rows in each shard
+        # the cache file of a shard holds the manifest's rows of it in index order: a pair's place in that file
+        self.indices = {s: np.arange(int((rows.shard == s).sum())) for s in self.shards}
         self.files = cache_files
         self.n = len(rows)
         self.micro_batch, self.grad_accum, self.world, self.rank = micro_batch, grad_accum, world, rank

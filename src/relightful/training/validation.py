@@ -22,7 +22,8 @@ def validation_batch(pairs_dir: Path, cache_files: dict[str, Path], n: int, spli
     items = {}
     for shard, group in rows.groupby("shard", sort=True):
         cache = load_tensors(cache_files[shard])
-        idx = torch.as_tensor(group["index"].to_numpy().copy(), dtype=torch.long)
+        listed = np.sort(manifest["index"][manifest.shard == shard].to_numpy())  # the cache's rows, in this order
+        idx = torch.as_tensor(np.searchsorted(listed, group["index"].to_numpy()), dtype=torch.long)
         for k, v in cache.items():
             items.setdefault(k, []).append(v[idx].float())
     return {k: torch.cat(v) for k, v in items.items()}
