@@ -237,10 +237,20 @@ def test_a_manifest_listing_some_of_a_shards_pairs_streams_those_pairs(rendered_
         wanted.append(to_model_space(y_b.float()).half().float())
     wanted = torch.cat(wanted)
     # the stream holds the kept pairs, each once (compared as sets of flattened backgrounds)
-    key = lambda t: sorted(map(tuple, t.flatten(1)[:, :64].tolist()))
+    key = lambda t: sorted(map(tuple, t.flatten(1).tolist()))
     assert key(seen) == key(wanted)
     first = validation_batch(curated, files, 3, split="train")["background"]
     assert torch.equal(first, wanted[:3])
+    # a shard whose listed pairs are in two splits: each split streams its own
+    mixed = kept.copy()
+    mixed.loc[(mixed.split == "train") & (mixed["index"] % 4 == 1), "split"] = "val"
+    val_rows = mixed[(mixed.split == "val") & (kept.split == "train")]
+    val_seen = PairStream(mixed, files, "val", micro_batch=int((mixed.split == "val").sum()), seed=3).batch(0)
+    moved = torch.cat([to_model_space(read_shard(curated / shard)["y_b"][torch.as_tensor(r["index"].to_numpy().copy())]
+                                      .float()).half().float() for shard, r in val_rows.groupby("shard")])
+    train_seen = PairStream(mixed, files, "train", micro_batch=int((mixed.split == "train").sum())).batch(0)
+    assert len(moved) > 0 and set(key(moved)) <= set(key(val_seen["background"]))
+    assert set(key(moved)).isdisjoint(key(train_seen["background"]))
 
 
 def _without_panorama(files: dict[str, Path], folder: Path) -> dict[str, Path]:

@@ -115,12 +115,13 @@ class PairStream:
 
     def __init__(self, manifest: pd.DataFrame, cache_files: dict[str, Path], split: str, micro_batch: int,
                  grad_accum: int = 1, world: int = 1, rank: int = 0, seed: int = 0, window: int = 4):
-        rows = manifest[manifest.split == split].sort_values(["shard", "index"])
+        listed = manifest.sort_values(["shard", "index"]).reset_index(drop=True)
+        place = listed.groupby("shard").cumcount()  # the cache file of a shard holds its listed rows in index order
+        rows = listed[listed.split == split]
         if rows.empty:
             raise ValueError(f"no pairs in split {split!r}")
         self.shards = sorted(rows.shard.unique())
-        # the cache file of a shard holds the manifest's rows of it in index order: a pair's place in that file
-        self.indices = {s: np.arange(int((rows.shard == s).sum())) for s in self.shards}
+        self.indices = {s: place[rows.index[rows.shard == s]].to_numpy() for s in self.shards}  # places in the file
         self.files = cache_files
         self.n = len(rows)
         self.micro_batch, self.grad_accum, self.world, self.rank = micro_batch, grad_accum, world, rank
