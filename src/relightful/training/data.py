@@ -38,17 +38,22 @@ from relightful.training.light_probe import mean_light_direction
 CACHE_VERSION = "3"  # 2: + light; 3: + shading
 
 
-def cache_key(shard_path: Path, codec_identity: str, image_size: int, shape_channels: int = 1,
-              rows: np.ndarray | None = None) -> str:
+def cache_key(shard_path: Path, codec_identity: str, image_size: int, rows: np.ndarray,
+              shape_channels: int = 1) -> str:
     """The cache file's key: the shard file, the codec and size, and which of the shard's rows it holds (a manifest
     may list only some of a shard's pairs, e.g. one curated to drop bad pairs)."""
     stat = shard_path.stat()
     raw = f"{CACHE_VERSION}|{shard_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{codec_identity}|{image_size}"
     if shape_channels != 1:  # keys of the matte-only caches stay as they were
         raw += f"|shape{shape_channels}"
-    if rows is not None:
-        raw += "|rows" + hashlib.sha256(np.sort(np.asarray(rows, dtype=np.int64)).tobytes()).hexdigest()
+    raw += "|rows" + hashlib.sha256(np.sort(np.asarray(rows, dtype=np.int64)).tobytes()).hexdigest()
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def cache_places(manifest: pd.DataFrame) -> pd.Series:
+    """Each manifest row's place in its shard's cache file, which holds the shard's listed rows (whatever their
+    split) in index order (`build_cache`); aligned with `manifest`'s index."""
+    return manifest.sort_values(["shard", "index"]).groupby("shard").cumcount().reindex(manifest.index)
 
 
 @torch.no_grad()
@@ -92,8 +97,8 @@ def build_cache(pairs_dir: str | Path, cache_root: str | Path, model, progress: 
         path = shard_path(pairs_dir, name, f"{pairs_dir / MANIFEST}: pair {rows.pair_id.iloc[0]} (shard {name!r})")
         if not path.is_file():
             raise InputError(path, "shard listed in the manifest is missing")
-        key = cache_key(path, model.codec.identity, model.config.image_size, model.config.shape_channels,
-                        rows["index"].to_numpy())
+        key = cache_key(path, model.codec.identity, model.config.image_size, rows["index"].to_numpy(),
+                        model.config.shape_channels)
         target = cache_root / f"{Path(name).stem}-{key}.safetensors"
         if not target.is_file():
             if panoramas is None:
@@ -115,9 +120,9 @@ class PairStream:
 
     def __init__(self, manifest: pd.DataFrame, cache_files: dict[str, Path], split: str, micro_batch: int,
                  grad_accum: int = 1, world: int = 1, rank: int = 0, seed: int = 0, window: int = 4):
-        listed = manifest.sort_values(["shard", "index"]).reset_index(drop=True)
-        place = listed.groupby("shard").cumcount()  # the cache file of a shard holds its listed rows in index order
-        rows = listed[listed.split == split]
+        listed = manifest.reset_index(drop=True)
+        place = cache_places(listed)
+        rows = listed[listed.split == split].sort_values(["shard", "index"])
         if rows.empty:
             raise ValueError(f"no pairs in split {split!r}")
         self.shards = sorted(rows.shard.unique())

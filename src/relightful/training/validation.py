@@ -10,11 +10,13 @@ import torch
 
 from relightful.io import load_tensors, write_ldr
 from relightful.data.shards import read_pair_manifest
+from relightful.training.data import cache_places
 
 
 def validation_batch(pairs_dir: Path, cache_files: dict[str, Path], n: int, split: str = "val") -> dict[str, torch.Tensor]:
     """The first `n` pairs of `split` (falling back to `train` when the split is empty), from the latent cache."""
-    manifest = read_pair_manifest(pairs_dir)
+    manifest = read_pair_manifest(pairs_dir).reset_index(drop=True)
+    place = cache_places(manifest)
     rows = manifest[manifest.split == split]
     if rows.empty:
         rows = manifest[manifest.split == "train"]
@@ -22,8 +24,7 @@ def validation_batch(pairs_dir: Path, cache_files: dict[str, Path], n: int, spli
     items = {}
     for shard, group in rows.groupby("shard", sort=True):
         cache = load_tensors(cache_files[shard])
-        listed = np.sort(manifest["index"][manifest.shard == shard].to_numpy())  # the cache's rows, in this order
-        idx = torch.as_tensor(np.searchsorted(listed, group["index"].to_numpy()), dtype=torch.long)
+        idx = torch.as_tensor(place[group.index].to_numpy(), dtype=torch.long)
         for k, v in cache.items():
             items.setdefault(k, []).append(v[idx].float())
     return {k: torch.cat(v) for k, v in items.items()}
