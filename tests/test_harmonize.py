@@ -375,9 +375,9 @@ def test_sampling_defaults_come_from_the_model_folder(tmp_path: Path, monkeypatc
     seen = {}
     real = h.sample
 
-    def spy(composite, matte, features, steps, seed, s_img, s_light, progress=False):
+    def spy(composite, matte, features, steps, seed, s_img, s_light, progress=False, prior=None):
         seen.update(steps=steps, s_img=s_img, s_light=s_light)
-        return real(composite, matte, features, steps, seed, s_img, s_light, progress)
+        return real(composite, matte, features, steps, seed, s_img, s_light, progress, prior)
 
     monkeypatch.setattr(h, "sample", spy)
     fg = np.full((32, 32, 3), 128, np.uint8)

@@ -101,20 +101,25 @@ def test_the_shading_head_starts_at_zero_and_renders_the_ratio_of_its_shadings()
     torch.testing.assert_close(delta, up, atol=1e-5, rtol=0)
 
 
-def test_model_folders_keep_the_shading_head(tmp_path):
-    model = _head_model()
+@pytest.mark.parametrize("part", ["shading_head", "shading_prior"])
+def test_model_folders_keep_the_shading_head_and_prior(tmp_path, part):
+    torch.manual_seed(0)
+    model = RelightModel(dataclasses.replace(micro_model_config(32), silhouette_normals=True, residual=True,
+                                             edit="gain", **{part: True}))
     with torch.no_grad():
-        model.shading_head.head[-1].bias.normal_()
+        for p in getattr(model, part).parameters():
+            p.normal_()
     model.save_pretrained(tmp_path / "m")
     again = RelightModel.from_pretrained(tmp_path / "m")
-    assert torch.equal(again.shading_head.head[-1].bias, model.shading_head.head[-1].bias)
-    # an encoders file without the head's weights is refused, naming the file
-    plain = RelightModel(dataclasses.replace(model.config, shading_head=False))
+    for a, b in zip(getattr(model, part).state_dict().values(), getattr(again, part).state_dict().values()):
+        assert torch.equal(a, b)
+    # an encoders file without the part's weights is refused, naming the file
+    plain = RelightModel(dataclasses.replace(model.config, **{part: False}))
     plain.save_pretrained(tmp_path / "plain")
     (tmp_path / "m" / "encoders.safetensors").write_bytes((tmp_path / "plain" / "encoders.safetensors").read_bytes())
     with pytest.raises(InputError, match="encoders.safetensors: weights do not fit"):
         RelightModel.from_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="shading_head needs model.silhouette_normals"):
+    with pytest.raises(ValueError, match=f"{part} needs model.silhouette_normals"):
         RelightModel(dataclasses.replace(model.config, silhouette_normals=False))
 
 

@@ -230,21 +230,27 @@ class Harmonizer:
         dtype = next(model.unet.parameters()).dtype
         comp_lat = model.codec.encode(to_model_space(composite).to(dtype)).float()
         m_lat = model.matte_latent(matte)
+        background = to_model_space(background)
         if panorama is None:
-            features = model.background_features(to_model_space(background).to(dtype))
+            features = model.background_features(background.to(dtype))
         else:
             features = model.panorama_features(panorama.to(composite.device, dtype))
+        prior = model.prior_log_gain(comp_lat, m_lat, background)  # from the background in either case
         k = self.ensemble
         if k > 1:  # k noise draws per input, one batch: member i of input b is row i·B + b
             comp_lat, m_lat = comp_lat.repeat(k, 1, 1, 1), m_lat.repeat(k, 1, 1, 1)
             features = [f.repeat(k, *[1] * (f.ndim - 1)) for f in features]
-        latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress)
+            prior = prior.repeat(k, 1, 1, 1) if prior is not None else None
+        latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress, prior)
         images = from_model_space(model.codec.decode(latents.to(dtype)))
         return images.view(k, -1, *images.shape[1:]).mean(dim=0) if k > 1 else images
 
     def sample(self, composite: torch.Tensor, matte: torch.Tensor, features: list[torch.Tensor], steps: int,
-               seed: int, s_img: float, s_light: float, progress: bool = False) -> torch.Tensor:
-        """The guided reverse process in latent space; deterministic for a seed (CPU generator, any device)."""
+               seed: int, s_img: float, s_light: float, progress: bool = False,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
+        """The guided reverse process in latent space; deterministic for a seed (CPU generator, any device).
+        `prior` (`RelightModel.prior_log_gain`) joins every guidance pass: the passes differ only in what they
+        drop, so guidance neither scales nor removes it."""
         from tqdm.auto import tqdm
 
         model, dev = self.model, composite.device
@@ -266,17 +272,19 @@ class Harmonizer:
             if "full" in kinds:  # zero residuals are exactly "no residuals": one batch carries all three passes
                 batch_feat = [torch.cat([f if k == "full" else torch.zeros_like(f) for k in kinds]) for f in features]
             batch_matte = matte.repeat(n, 1, 1, 1).to(dtype)  # kinds are stacked along the batch: (n·B, ...)
+            batch_prior = prior.repeat(n, 1, 1, 1) if prior is not None else None
 
         for t in tqdm(scheduler.timesteps, desc="harmonize", disable=not progress, leave=False):
             x = scheduler.scale_model_input(latents, t).to(dtype)
             if self.batch_guidance:
                 ts = t.reshape(1).expand(n * x.shape[0]).to(dev)
-                out = model.denoise(x.repeat(n, 1, 1, 1), ts, batch_comp, batch_matte, batch_feat).float()
+                out = model.denoise(x.repeat(n, 1, 1, 1), ts, batch_comp, batch_matte, batch_feat,
+                                    prior=batch_prior).float()
                 eps = dict(zip(kinds, out.chunk(n)))
             else:
                 ts = t.reshape(1).expand(x.shape[0]).to(dev)
-                eps = {k: model.denoise(x, ts, conds[k][0].to(dtype), matte.to(dtype), conds[k][1]).float()
-                       for k in kinds}
+                eps = {k: model.denoise(x, ts, conds[k][0].to(dtype), matte.to(dtype), conds[k][1],
+                                        prior=prior).float() for k in kinds}
             guided = combine_guidance(eps.get("full"), eps["img"], eps.get("uncond"), s_img, s_light)
             latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
         return latents

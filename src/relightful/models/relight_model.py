@@ -5,7 +5,8 @@ A model folder (what training writes and `--model` accepts):
     relightful.json               {"format": "relightful-model", "version": 2, "config": ModelConfig, ...}
     unet/                         diffusers layout (config.json + diffusion_pytorch_model.safetensors)
     encoders.safetensors          F_bg ("lighting.*"), F_env ("panorama.*"), "null_embedding", and the shading
-                                  head ("shading_head.*") when the model has one
+                                  head ("shading_head.*") and shading prior ("shading_prior.*") when the model
+                                  has them
     vae/                          the AutoencoderKL, when the codec is one (so the folder is self-contained)
     scheduler/                    the sampler to use (diffusers format, any scheduler class) on the training
                                   betas and prediction type; in version-1 folders, the training noise schedule
@@ -34,6 +35,7 @@ from relightful.models.codecs import CodecConfig, PixelUnshuffleCodec, VaeCodec,
 from relightful.models.lighting_encoder import EncoderConfig, LightingEncoder
 from relightful.models.panorama_encoder import PanoramaConfig, PanoramaEncoder, log_encode
 from relightful.models.shading_head import ShadingHead, upsample_log_gain
+from relightful.models.shading_prior import ShadingPrior
 from relightful.models.unet import (UNetConfig, adapter_feature_shapes, build_unet, check_features,
                                     load_instruct_pix2pix_unet, load_null_embedding)
 
@@ -67,6 +69,10 @@ class ModelConfig:
     # The relighting gain starts from the ratio of two predicted order-2 shadings of the silhouette normals
     # (models/shading_head.py); needs `silhouette_normals` and the gain edit. Off: level on val (docs/model.md).
     shading_head: bool = False
+    # The relighting gain starts from the ratio of the shadings of two lightings estimated by two small networks
+    # fitted on their own before stage 1 and then frozen (models/shading_prior.py, training/prior_fit.py); needs
+    # `silhouette_normals` and the gain edit.
+    shading_prior: bool = False
 
     @property
     def shape_channels(self) -> int:
@@ -111,6 +117,11 @@ class RelightModel(nn.Module):
             if not (config.silhouette_normals and config.residual and config.edit == "gain"):
                 raise ValueError("model.shading_head needs model.silhouette_normals, model.residual and edit 'gain'")
             self.shading_head = ShadingHead(unet)
+        self.shading_prior = None
+        if config.shading_prior:
+            if not (config.silhouette_normals and config.residual and config.edit == "gain"):
+                raise ValueError("model.shading_prior needs model.silhouette_normals, model.residual and edit 'gain'")
+            self.shading_prior = ShadingPrior()
 
     # --- conditioning -------------------------------------------------------------------------------------------
     def background_features(self, background: torch.Tensor) -> list[torch.Tensor]:
@@ -135,11 +146,30 @@ class RelightModel(nn.Module):
             shape = torch.cat([shape, F.interpolate(normals, size=size, mode="area")], dim=1)
         return shape
 
+    def prior_inputs(self, composite: torch.Tensor, shape: torch.Tensor,
+                     background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the shading prior's estimators read: the composite's latents, the shape input (`matte_latent`) and
+        the backgrounds (B, 3, S, S) in [−1, 1] -> linear composite, matte and background at (S, S). The matte is
+        the latent-resolution one upsampled, in training and inference alike (the training cache keeps no other)."""
+        linear = from_model_space(self.codec.decode(composite.float()))
+        matte = F.interpolate(shape[:, :1].float(), size=linear.shape[-2:], mode="bilinear", align_corners=False)
+        return linear, matte, from_model_space(background.float())
+
+    def prior_log_gain(self, composite: torch.Tensor, shape: torch.Tensor,
+                       background: torch.Tensor) -> torch.Tensor | None:
+        """The shading prior's log gain as a latent (B, C, s, s), to add to the UNet's edit (`denoise`'s `prior`),
+        from the inputs of `prior_inputs`; None when the model has no prior."""
+        if self.shading_prior is None:
+            return None
+        log_gain = self.shading_prior.log_gain(*self.prior_inputs(composite, shape, background), shape)
+        return self.codec.encode(upsample_log_gain(log_gain, self.config.image_size))
+
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor,
-                features: list[torch.Tensor] | None, return_edit: bool = False):
+                features: list[torch.Tensor] | None, return_edit: bool = False, prior: torch.Tensor | None = None):
         """The UNet's prediction (ε, v or x̂₀, as trained; an edit of the composite when `config.residual`).
-        `features=None` is the null lighting (no residuals); a zero composite the null image. With `return_edit`
-        (residual models), also the UNet's raw edit: (prediction, edit)."""
+        `features=None` is the null lighting (no residuals); a zero composite the null image. `prior`: the shading
+        prior's log gain (`prior_log_gain` of the real inputs), added to the edit whatever the pass drops. With
+        `return_edit` (residual models), also the UNet's raw edit: (prediction, edit)."""
         x = torch.cat([noisy, composite, matte], dim=1)
         context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
         extra = {}
@@ -150,6 +180,8 @@ class RelightModel(nn.Module):
         if self.shading_head is not None:
             log_gain = upsample_log_gain(self.shading_head.log_gain(matte), self.config.image_size)
             out = out + self.codec.encode(log_gain).to(out.dtype)
+        if prior is not None:
+            out = out + prior.to(out.dtype)
         if not self.config.residual:
             return out
         prediction = out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
@@ -171,6 +203,8 @@ class RelightModel(nn.Module):
         state.update({f"panorama.{k}": v for k, v in self.panorama.state_dict().items()})
         if self.shading_head is not None:
             state.update({f"shading_head.{k}": v for k, v in self.shading_head.state_dict().items()})
+        if self.shading_prior is not None:
+            state.update({f"shading_prior.{k}": v for k, v in self.shading_prior.state_dict().items()})
         state["null_embedding"] = self.null_embedding.detach()
         return state
 
@@ -235,6 +269,8 @@ class RelightModel(nn.Module):
         parts = [("lighting.", model.lighting), ("panorama.", model.panorama)]
         if model.shading_head is not None:
             parts.append(("shading_head.", model.shading_head))
+        if model.shading_prior is not None:
+            parts.append(("shading_prior.", model.shading_prior))
         for prefix, module in parts:
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             try:

@@ -19,9 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from relightful.lighting.sh import shading
-
-COEFFICIENTS = 8  # per lighting (lighting/sh.py)
+from relightful.models.shading_prior import COEFFICIENTS, log_shading_ratio
 
 
 class ShadingHead(nn.Module):
@@ -50,11 +48,7 @@ class ShadingHead(nn.Module):
         x = self._features.float()
         self._features = None
         self.coefficients = self.head(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
-        matte, normals = shape[:, :1].float(), shape[:, 1:4].float()
-        source, target = self.coefficients[:, :COEFFICIENTS], self.coefficients[:, COEFFICIENTS:]
-        ratio = shading(target, normals).log() - shading(source, normals).log()
-        mass = matte.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-        return (ratio - (matte * ratio).sum(dim=(2, 3), keepdim=True) / mass) * matte
+        return log_shading_ratio(self.coefficients[:, :COEFFICIENTS], self.coefficients[:, COEFFICIENTS:], shape)
 
 
 def upsample_log_gain(log_gain: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:

@@ -108,6 +108,11 @@ class TrainConfig:
     # models with a shading head (models/shading_head.py): weight of the error of its predicted shading coefficients
     # against the pair's true maps' (light-stage pairs only)
     shading_head_weight: float = 0.0
+    # models with a shading prior (models/shading_prior.py): stage 1 of a new model first fits its two estimators
+    # for this many steps of this batch (training/prior_fit.py; light-stage pairs only), then freezes them
+    shading_prior_steps: int = 500
+    shading_prior_batch: int = 64
+    shading_prior_lr: float = 1.0e-3
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000
     timestep_bias: TimestepBias = field(default_factory=TimestepBias)

@@ -31,6 +31,7 @@ from relightful.training.ema import WeightEma
 from relightful.training.engine import (barrier, build_engine, full_fp32_parameters, init_distributed,
                                         load_optimizer_state)
 from relightful.training.objectives import StageObjective, param_groups, set_trainable
+from relightful.training.prior_fit import PRIOR_FILE, prepare_shading_prior
 from relightful.training.runtime import batch_to_device, prepare_model, to_device
 from relightful.training.validation import sample_grid, validation_batch, write_grid
 
@@ -44,6 +45,7 @@ class StageResult:
     history: list[dict] = field(default_factory=list)   # one row per logged step
     samples_per_s: float = 0.0
     model: RelightModel | None = None   # the trained model in memory (every rank)
+    prior_fit: dict[str, float] = field(default_factory=dict)  # the shading prior's fit (stage 1; prior_fit.py)
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -135,6 +137,14 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                             rank, config.seed, config.shuffle_window)
     if stage == 2 and not (pairs_dir / ENVMAPS).is_file():
         raise ValueError(f"{pairs_dir}: stage 2 needs light-stage pairs with their HDR maps (envmaps.safetensors)")
+    if rank == 0:
+        discard_stale_checkpoints(run_dir, run_fingerprint(stage, config, model, pairs_dir, init_from, world,
+                                                           replay_dir))
+    barrier()
+    prior_fit: dict[str, float] = {}
+    if stage == 1 and init_from is None and model.shading_prior is not None:  # fitted once, before the UNet trains
+        prior_fit = prepare_shading_prior(model, run_dir, read_pair_manifest(pairs_dir), files, config, rank,
+                                          progress)
 
     groups = param_groups(model, stage, config.env_warmup_steps, config.pretrained_lr_scale)
     if objective.light_probe is not None:  # new each stage, so never held back with the stage-1 parts
@@ -143,10 +153,6 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     ema = WeightEma(objective, config.ema_decay) if config.ema_decay else None
     start = 0
     history: list[dict] = []
-    if rank == 0:
-        discard_stale_checkpoints(run_dir, run_fingerprint(stage, config, model, pairs_dir, init_from, world,
-                                                           replay_dir))
-    barrier()
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
         start, weights, opt_state, extra = ckpt.load_checkpoint(latest, rank, world, optimizer.state_dict())
@@ -225,12 +231,12 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
             if rank == 0:
                 ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
         if done == stop_after:
-            return StageResult(None, done, history, model=model)
+            return StageResult(None, done, history, model=model, prior_fit=prior_fit)
     final_grid = Path(samples_dir) / f"step-{config.steps:08d}.png" if samples_dir is not None else None
     if final_grid is not None and rank == 0 and not final_grid.is_file():  # also when resumed at the last step
         write_validation_grid(final_grid)
     elapsed = time.perf_counter() - t0
-    result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0, model)
+    result = StageResult(None, config.steps, history, samples / elapsed if elapsed > 0 else 0.0, model, prior_fit)
     if rank == 0:
         fp32 = full_fp32_parameters(objective) if ema is None else ema.weights()
         model.float()
@@ -240,7 +246,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
                     p.copy_(fp32[name])
         model.save_pretrained(out_dir, extra={"stage": stage, "steps": config.steps,
                                               "train_config": dataclasses.asdict(config),
-                                              "sampling": dataclasses.asdict(config.sampling)},
+                                              "sampling": dataclasses.asdict(config.sampling),
+                                              **({"shading_prior_fit": prior_fit} if prior_fit else {})},
                               scheduler=validation_scheduler(objective.scheduler, model))
         result.model_dir = out_dir
     barrier()
@@ -276,6 +283,7 @@ def discard_stale_checkpoints(run_dir: Path, fingerprint: str) -> None:
     if path.is_file() and path.read_text().strip() != fingerprint:
         log.warning("%s: settings or data changed since its checkpoints were written; starting afresh", run_dir)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / PRIOR_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, fingerprint)
 

@@ -142,12 +142,15 @@ class StageObjective(nn.Module):
         else:
             conditioning = from_bg
         features = [f * keep_light.view(-1, *[1] * (f.ndim - 1)).to(dtype) for f in conditioning]
+        with torch.no_grad():  # frozen, and computed from the real inputs whatever the dropout keeps (as sampled)
+            prior = self.model.prior_log_gain(batch["composite"], batch["matte"], batch["background"])
         edit = None
         if self.shading_weight:
             prediction, edit = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features,
-                                                  return_edit=True)
+                                                  return_edit=True, prior=prior)
         else:
-            prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features)
+            prediction = self.model.denoise(noisy, timesteps, composite, batch["matte"].to(dtype), features,
+                                            prior=prior)
         if self.prediction_type == "v_prediction":
             wanted = a.sqrt() * noise.float() - (1 - a).sqrt() * target.float()
         elif self.prediction_type == "sample":

@@ -39,8 +39,9 @@ def sample_grid(model, batch: dict[str, torch.Tensor], steps: int, seed: int = 0
     harmonizer = Harmonizer(model, scheduler)
     dtype = next(model.unet.parameters()).dtype
     features = model.background_features(batch["background"].to(dtype))
+    prior = model.prior_log_gain(batch["composite"], batch["matte"], batch["background"])
     latents = harmonizer.sample(batch["composite"], batch["matte"], features, steps, seed, image_guidance,
-                                lighting_guidance)
+                                lighting_guidance, prior=prior)
     decode = lambda z: ((model.codec.decode(z.to(dtype)).float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
     rows = torch.cat([decode(batch["composite"]), decode(latents), decode(batch["target"])], dim=2)
     return (rows.reshape(-1, *rows.shape[2:]).cpu().numpy() * 255 + 0.5).astype(np.uint8)

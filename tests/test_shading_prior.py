@@ -1,0 +1,131 @@
+"""The shading prior (models/shading_prior.py): two lighting estimators fitted on their own before stage 1
+(training/prior_fit.py), whose shadings' ratio joins the UNet's log-gain edit in every guidance pass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import micro_model_config
+from test_shading_head import _disc
+from relightful.data.shards import read_pair_manifest
+from relightful.models import RelightModel
+from relightful.models.harmonizer import Harmonizer
+from relightful.models.lighting_estimator import LightingEstimator
+from relightful.training.data import build_cache
+
+
+def _prior_model(**changes) -> RelightModel:
+    torch.manual_seed(0)
+    config = dataclasses.replace(micro_model_config(32), silhouette_normals=True, shading_prior=True, residual=True,
+                                 edit="gain", **changes)
+    return RelightModel(config)
+
+
+def _set_target_from_the_right(model: RelightModel) -> None:
+    """Hand-set estimators: the source reads as lit from the left, the target from the right (x coefficient ±0.6)."""
+    with torch.no_grad():
+        for estimator, sign in ((model.shading_prior.source, -1.0), (model.shading_prior.target, 1.0)):
+            estimator.head[-1].weight.zero_()
+            estimator.head[-1].bias.zero_()
+            estimator.head[-1].bias[2] = 0.6 * sign  # the coefficient of x (lighting/sh.py: y, z, x, ...)
+
+
+def test_the_prior_is_the_ratio_of_two_shadings_added_to_every_pass():
+    model = _prior_model()
+    _set_target_from_the_right(model)
+    matte = _disc(32).expand(2, -1, -1, -1)
+    shape = model.matte_latent(matte)
+    composite = model.codec.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    background = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        prior = model.prior_log_gain(composite, shape, background)
+    log_gain = model.codec.decode(prior)[:, 0]                                    # (B, S, S), the same in R, G, B
+    torch.testing.assert_close(model.codec.decode(prior)[:, 1], log_gain)
+    up = torch.nn.functional.interpolate(shape[:, :1], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    cols = torch.arange(32)
+    inside = up[0] > 0.99
+    right, left = inside & (cols[None] >= 22), inside & (cols[None] <= 9)
+    assert float(log_gain[0][right].mean()) > 0.3 > -0.3 > float(log_gain[0][left].mean())
+    assert float(log_gain[0][up[0] == 0].abs().max()) < 1e-6                     # nothing outside the matte
+    # it reaches the edit exactly, whatever the pass drops (lighting, image or both)
+    z, t = torch.randn_like(composite), torch.tensor([999, 999])
+    with torch.no_grad():
+        for comp, features in ((composite, model.background_features(background)), (composite, None),
+                               (torch.zeros_like(composite), None)):
+            _, with_prior = model.denoise(z, t, comp, shape, features, return_edit=True, prior=prior)
+            _, without = model.denoise(z, t, comp, shape, features, return_edit=True)
+            torch.testing.assert_close(with_prior - without, prior, atol=1e-5, rtol=0)
+    # and the harmonizer gives it to every pass, batched or one by one, with or without an ensemble
+    fg, bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    settings = {"steps": 2, "image_guidance": 1.5, "lighting_guidance": 2.0, "ensemble": 2}
+    batched = Harmonizer(model, defaults=settings).relight_batch(fg, matte, bg, seed=3)
+    one_by_one = Harmonizer(model, batch_guidance=False, defaults=settings).relight_batch(fg, matte, bg, seed=3)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        model.shading_prior.target.head[-1].bias.zero_()
+        model.shading_prior.source.head[-1].bias.zero_()  # equal lightings: no prior
+    flat = Harmonizer(model, defaults=settings).relight_batch(fg, matte, bg, seed=3)
+    assert float((batched - flat).abs().max()) > 0.05
+
+
+def test_the_estimator_pools_mean_and_max():
+    estimator = LightingEstimator(3, 8)
+    out = estimator(torch.rand(5, 3, 32, 32))
+    assert out.shape == (5, 8) and torch.isfinite(out).all()
+
+
+def test_fitting_learns_the_maps_coefficients(rendered_pairs, tmp_path):
+    from relightful.training.prior_fit import coefficient_r2, fit_shading_prior
+
+    model = _prior_model()
+    files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    manifest = read_pair_manifest(rendered_pairs)
+    before = coefficient_r2(model, manifest, files, "train")
+    report = fit_shading_prior(model, manifest, files, steps=150, batch=32, lr=2e-3, hflip=0.5, progress=False)
+    after = coefficient_r2(model, manifest, files, "train")
+    assert before["prior_r2_source_train"] < 0.0 and before["prior_r2_target_train"] < 0.0
+    # 32-px backgrounds of 12 maps tell the target less than the composite tells the source, but both learn
+    assert after["prior_r2_source_train"] > 0.8 and after["prior_r2_target_train"] > 0.05, after
+    assert set(report) == {"prior_loss", "prior_r2_source_val", "prior_r2_target_val"}
+    assert all(np.isfinite(list(report.values())))  # (this val split holds too few maps for its R² to mean much)
+    assert not any(p.requires_grad for p in model.shading_prior.parameters())
+    with pytest.raises(ValueError, match="shading_prior_steps must be ≥ 1"):
+        fit_shading_prior(model, manifest, files, steps=0, batch=8, lr=1e-3)
+
+
+def test_stage_1_fits_the_prior_once_and_later_stages_keep_it(rendered_pairs, tmp_path):
+    from relightful.training.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from relightful.training.loop import train_stage
+    from relightful.training.objectives import set_trainable
+    from relightful.training.prior_fit import PRIOR_FILE
+
+    config = TrainConfig(steps=6, log_every=2, checkpoint_every=3, prediction_type="sample", hflip=0.5,
+                         shading_prior_steps=40, shading_prior_batch=16, optim=OptimConfig(lr=2e-3, warmup_steps=2),
+                         deepspeed=DeepSpeedConfig(micro_batch=8))
+    model_config = _prior_model().config
+    run = tmp_path / "run1"
+    stopped = train_stage(1, rendered_pairs, tmp_path / "s1", run, config, model_config,
+                          cache_dir=tmp_path / "cache", progress=False, stop_after=3)
+    fitted = {k: v.clone() for k, v in stopped.model.shading_prior.state_dict().items()}
+    written = (run / PRIOR_FILE).stat().st_mtime_ns
+    result = train_stage(1, rendered_pairs, tmp_path / "s1", run, config, model_config,
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert (run / PRIOR_FILE).stat().st_mtime_ns == written            # resumed: not fitted again
+    assert set(result.prior_fit) >= {"prior_loss", "prior_r2_source_val", "prior_r2_target_val"}
+    trained = RelightModel.from_pretrained(tmp_path / "s1")
+    for key, value in trained.shading_prior.state_dict().items():
+        assert torch.equal(value, fitted[key]), key                      # frozen while the UNet trained
+    prior = {id(p) for p in trained.shading_prior.parameters()}
+    for stage in (1, 2, 3):
+        assert not prior & {id(p) for p in set_trainable(trained, stage)}
+    # stage 2 starts from the folder: its prior is kept as it is
+    stage2 = train_stage(2, rendered_pairs, tmp_path / "s2", tmp_path / "run2", dataclasses.replace(config, steps=2),
+                         init_from=tmp_path / "s1", cache_dir=tmp_path / "cache", progress=False)
+    assert stage2.prior_fit == {}
+    for key, value in RelightModel.from_pretrained(tmp_path / "s2").shading_prior.state_dict().items():
+        assert torch.equal(value, fitted[key]), key
+    assert np.isfinite([r["loss"] for r in stage2.history]).all()
