@@ -45,6 +45,9 @@ class NaturalStarterConfig:
     portraits: tuple[str, ...] = ("astronaut",)
     backgrounds: tuple[str, ...] = ("coffee", "rocket", "chelsea")
     hdri_crops_per_map: int = 1         # perspective views per HDR map (when an HDR folder is given)
+    # the map sources (id prefix before "-") that give views; null: every map. Training-only skies (`sky_train`) are
+    # there to widen the light-stage lighting, not to outnumber the real maps among natural backgrounds
+    hdri_sources: tuple[str, ...] | None = None
     hdri_crop_size: tuple[int, int] = (384, 512)   # (height, width) of those views
     fov_range: tuple[float, float] = (50.0, 80.0)  # horizontal field of view of the views, degrees
     pitch_range: tuple[float, float] = (-5.0, 10.0)

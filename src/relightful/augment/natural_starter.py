@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from relightful.augment.config import NaturalStarterConfig
 from relightful.augment.matting import MattingUnavailable, compute_matte
 from relightful.augment.portraits import IMAGE_NAMES, MATTE_NAME
-from relightful.data.splits import stable_hash
+from relightful.data.splits import source_of, stable_hash
 from relightful.io.digest import sha256_file
 from relightful.io import (HDR_SUFFIXES, InputError, atomic_write_text, auto_exposure, read_hdr, tonemap, write_ldr,
                            write_matte)
@@ -96,7 +96,8 @@ def _write_rgb(path: Path, image: np.ndarray) -> None:
 
 
 def hdri_views(hdri_dir: Path, config: NaturalStarterConfig, progress: bool = False):
-    """Yield (name, uint8 view, source entry) for every HDR map of `hdri_dir`: `hdri_crops_per_map` random
+    """Yield (name, uint8 view, source entry) for every HDR map of `hdri_dir` (of a source in `hdri_sources`, when
+    given): `hdri_crops_per_map` random
     perspective views each (yaw uniform, FoV and pitch from their ranges, drawn from a generator seeded by the
     map's name), auto-exposed and tone-mapped to 8-bit sRGB as DESIGN 3.1 defines a background. A map that cannot
     be read is logged and left out (its entry carries the error)."""
@@ -104,7 +105,8 @@ def hdri_views(hdri_dir: Path, config: NaturalStarterConfig, progress: bool = Fa
     licences = {}
     if sources_path.is_file():
         licences = {m["file"]: m for m in json.loads(sources_path.read_text()).get("maps", []) if "file" in m}
-    maps = sorted(p for p in hdri_dir.iterdir() if p.suffix.lower() in HDR_SUFFIXES)
+    maps = sorted(p for p in hdri_dir.iterdir() if p.suffix.lower() in HDR_SUFFIXES
+                  and (config.hdri_sources is None or source_of(p.stem) in config.hdri_sources))
     for path in tqdm(maps, desc="HDR views", unit="map", disable=not progress):
         try:
             env = read_hdr(path)

@@ -17,7 +17,7 @@ def cmd_starter_data(args) -> None:
     cfg = job_config(StarterConfig, args, "starter_data")
     try:
         entries = build_starter_set(args.out, cfg.sources, cfg.n_skies, cfg.sky_height, cfg.seed,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, n_train_skies=cfg.n_train_skies)
     except StarterDataError as err:
         raise JobFailed(str(err)) from None
     print(f"starter-data: {len(entries)} maps -> {args.out}")

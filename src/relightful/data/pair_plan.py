@@ -7,6 +7,8 @@ Split sizes: subjects and maps are split by `split_fractions`, but a held-out sp
 `min_subjects[split]` subjects or `min_maps[split]` maps (e.g. `{val: 2, test: 3}`), so a small set still has a
 test split that can tell methods apart; train takes the rest. Maps are stratified by source (the id's prefix before
 "-": pmndrs, blender, sky) when `stratify_maps` is on, so each split holds real and procedural maps in proportion.
+Maps of a source in `train_only_sources` (e.g. the starter set's ``sky_train``) go to train alone and count in no
+split's fraction: adding them widens the lighting training sees without moving a val or test map.
 `pairs_per_subject` is one count for every split or one per split (`{train: 768, val: 48, test: 96}`): training
 wants many pairs, evaluation only enough to measure.
 """
@@ -51,6 +53,7 @@ class PlanConfig:
     min_subjects: dict[str, int] = field(default_factory=dict)  # per-split floors, e.g. {val: 2, test: 3}
     min_maps: dict[str, int] = field(default_factory=dict)      # e.g. {val: 4, test: 6}
     stratify_maps: bool = True  # each split holds every map source (id prefix before "-") in proportion
+    train_only_sources: tuple[str, ...] = ()  # map sources (id prefix) that only train uses (module doc)
     seed: int = 0
 
     def __post_init__(self):
@@ -66,6 +69,9 @@ class PlanConfig:
             object.__setattr__(self, "pairs_per_subject", int(self.pairs_per_subject))
         object.__setattr__(self, "min_subjects", _whole_counts(self.min_subjects, "plan.min_subjects"))
         object.__setattr__(self, "min_maps", _whole_counts(self.min_maps, "plan.min_maps"))
+        if isinstance(self.train_only_sources, str):
+            raise ValueError(f"plan.train_only_sources: expected a list of map sources, got {self.train_only_sources!r}")
+        object.__setattr__(self, "train_only_sources", tuple(self.train_only_sources))
 
     def pairs_for(self, split: str) -> int:
         """Pairs per subject of `split`."""
@@ -76,11 +82,16 @@ class PlanConfig:
 
 def plan_splits(subject_ids: list[str], map_ids: list[str],
                 config: PlanConfig) -> tuple[dict[str, str], dict[str, str]]:
-    """(subject -> split, map -> split): disjoint, stable under additions, sized by fractions and floors."""
+    """(subject -> split, map -> split): disjoint, stable under additions, sized by fractions and floors; maps of a
+    `train_only_sources` source go to train and leave the others' assignment as it is without them."""
     subject_split = assign_splits(subject_ids, config.split_fractions, config.seed,
                                   min_per_split=MIN_SUBJECTS_PER_SPLIT, min_counts=config.min_subjects)
-    map_split = assign_splits(map_ids, config.split_fractions, config.seed + 1, min_per_split=MIN_MAPS_PER_SPLIT,
-                              min_counts=config.min_maps, group_of=source_of if config.stratify_maps else None)
+    train_only = sorted(m for m in set(map_ids) if source_of(m) in config.train_only_sources)
+    held_out_candidates = [m for m in map_ids if source_of(m) not in config.train_only_sources]
+    map_split = assign_splits(held_out_candidates, config.split_fractions, config.seed + 1,
+                              min_per_split=MIN_MAPS_PER_SPLIT, min_counts=config.min_maps,
+                              group_of=source_of if config.stratify_maps else None)
+    map_split.update({m: "train" for m in train_only})
     n_maps = {s: sum(1 for v in map_split.values() if v == s) for s in SPLITS}
     starved = sorted(s for s in set(subject_split.values()) if n_maps[s] < 2 and config.pairs_for(s) > 0)
     if starved:

@@ -9,6 +9,9 @@ Sources (DESIGN 5):
 - ``sky``: procedural skies of `relightful.lighting.sky` drawn from a seed (clear, scattered clouds or overcast, sun
   high or low, clear or hazy air, grounds of several colours): cheap (about 25 ms each at H = 128), so the tiny
   profile draws enough of them that training keeps many maps after val and test take theirs.
+- ``sky_train``: more procedural skies (``sky_train-000``...), drawn from their own seed stream (never the same sky as
+  a ``sky`` map). They exist to widen the lighting training sees: render-pairs' ``plan.train_only_sources`` keeps
+  them out of val and test, so adding them moves no held-out map and keeps every earlier score comparable.
 
 One Blender map is the same Poly Haven map as a pmndrs one (``sunrise``: correlation 0.99 of the log maps at zero
 rotation; the others are below 0.85): when both sources are written it is left out, so that a map never sits in two
@@ -57,6 +60,8 @@ BLENDER_PACKAGE = "blender-data"
 SOURCES_FILE = "SOURCES.json"
 DEFAULT_OUT_DIR = Path("data/raw/hdri")
 DEFAULT_SOURCES = ("pmndrs", "blender", "sky")
+KNOWN_SOURCES = (*DEFAULT_SOURCES, "sky_train")
+SKY_STREAMS = {"sky": None, "sky_train": 1}  # a sky source's seed stream: None = the seed itself (the first skies)
 POLY_HAVEN = "Poly Haven (polyhaven.com, formerly HDRI Haven), CC0-1.0"
 CLIENT_TIMEOUT_S = 900
 # The maps of the pinned @pmndrs/assets and of Debian's blender-data (the same 8 names since Blender 2.80).
@@ -76,6 +81,7 @@ class StarterConfig:
 
     sources: tuple[str, ...] = DEFAULT_SOURCES
     n_skies: int = 32
+    n_train_skies: int = 0  # skies of the `sky_train` source (training-only maps, see the module doc)
     sky_height: int = 256
     seed: int = 0
 
@@ -335,22 +341,28 @@ def write_blender(out_dir: str | Path, cache_dir: str | Path | None = None, prog
                               f"deb:{BLENDER_PACKAGE}", progress=progress)
 
 
-def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Write `n` random skies (`relightful.lighting.sky`) as ``sky-000.exr``...; same seed, same files."""
+def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, progress: bool = True,
+                source: str = "sky") -> list[dict]:
+    """Write `n` random skies (`relightful.lighting.sky`) as ``<source>-000.exr``...; same seed, same files. Each sky
+    source (`SKY_STREAMS`) draws from its own stream of the seed, so ``sky`` and ``sky_train`` never share a sky."""
     if n < 0 or height < 2:
         raise ValueError(f"need n >= 0 and height >= 2, got n={n}, height={height}")
+    if source not in SKY_STREAMS:
+        raise ValueError(f"unknown sky source {source!r}; choose from {sorted(SKY_STREAMS)}")
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
+    stream = SKY_STREAMS[source]
+    rng = np.random.default_rng(seed if stream is None else [seed, stream])
     entries = []
     try:
-        for k in tqdm(range(n), desc="skies", unit="map", disable=not progress):
+        for k in tqdm(range(n), desc=f"{source} skies", unit="map", disable=not progress):
             params = random_sky_params(rng)
             image = sky_envmap(height, **dataclasses.asdict(params))
             info = {"source": "procedural:relightful.lighting.sky (Preetham 1999 sky, spectral sun, noise clouds over "
                               "a CIE overcast sky, Lambertian tinted ground)",
                     "version": relightful.__version__, "original": None, "license": "generated (no third-party rights)",
-                    "seed": seed, "index": k, "params": dataclasses.asdict(params), "unit": "kcd/m^2 (luminance)"}
-            entries.append(_write_map(out_dir, f"sky-{k:03d}.exr", image, info))
+                    "seed": seed, "stream": stream, "index": k, "params": dataclasses.asdict(params),
+                    "unit": "kcd/m^2 (luminance)"}
+            entries.append(_write_map(out_dir, f"{source}-{k:03d}.exr", image, info))
     finally:
         record_sources(out_dir, entries)
     return entries
@@ -358,21 +370,23 @@ def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, p
 
 def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[str] = DEFAULT_SOURCES,
                       n_skies: int = 32, sky_height: int = 256, seed: int = 0,
-                      cache_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+                      cache_dir: str | Path | None = None, progress: bool = True,
+                      n_train_skies: int = 0) -> list[dict]:
     """Write the starter set into `out_dir` and return its SOURCES entries.
 
     Each source runs even if another failed; what was written stays written (and listed in SOURCES.json). If any
     source failed, `StarterDataError` is raised at the end naming each failed source and its reason.
     """
-    unknown = sorted(set(sources) - set(DEFAULT_SOURCES))
+    unknown = sorted(set(sources) - set(KNOWN_SOURCES))
     if unknown:
-        raise ValueError(f"unknown starter sources {unknown}; choose from {DEFAULT_SOURCES}")
+        raise ValueError(f"unknown starter sources {unknown}; choose from {KNOWN_SOURCES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     duplicates = BLENDER_DUPLICATES if "pmndrs" in sources else {}
     jobs = {"pmndrs": lambda: write_pmndrs(out_dir, cache_dir, progress),
             "blender": lambda: write_blender(out_dir, cache_dir, progress, skip=duplicates),
-            "sky": lambda: write_skies(out_dir, n_skies, sky_height, seed, progress)}
+            "sky": lambda: write_skies(out_dir, n_skies, sky_height, seed, progress),
+            "sky_train": lambda: write_skies(out_dir, n_train_skies, sky_height, seed, progress, "sky_train")}
     entries, failures = [], []
     for name in sources:
         try:
@@ -385,7 +399,7 @@ def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[s
     return entries
 
 
-def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32) -> list[str]:
+def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32, n_train_skies: int = 0) -> list[str]:
     """The map ids (file stems) `build_starter_set` writes for these sources, without fetching or rendering: the
     pinned pmndrs maps, Debian's Blender maps (less the duplicates of pmndrs ones) and the skies."""
     ids = []
@@ -396,4 +410,6 @@ def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32)
         ids += [f"blender-{name}" for name in BLENDER_MAPS if name not in skip]
     if "sky" in sources:
         ids += [f"sky-{k:03d}" for k in range(n_skies)]
+    if "sky_train" in sources:
+        ids += [f"sky_train-{k:03d}" for k in range(n_train_skies)]
     return sorted(ids)
