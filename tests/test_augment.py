@@ -226,6 +226,19 @@ def test_natural_starter_writes_the_astronaut_with_a_plausible_matte(tmp_path):
     assert view.shape == (384, 512, 3) and 0.05 < view.mean() < 0.95  # exposed, neither black nor blown out
 
 
+def test_natural_starter_views_only_the_listed_map_sources(tmp_path):
+    """`hdri_sources` keeps the training-only skies out of the natural backgrounds; null views every map."""
+    from relightful.augment.config import NaturalStarterConfig
+    from relightful.augment.natural_starter import hdri_views
+
+    paths = make_maps(tmp_path, 2, height=16)
+    paths[1].rename(tmp_path / "sky_train-000.exr")
+    config = NaturalStarterConfig(hdri_crop_size=(8, 8))
+    assert [name for name, _, _ in hdri_views(tmp_path, config)] == ["hdri-map-00-0", "hdri-sky_train-000-0"]
+    only = NaturalStarterConfig(hdri_crop_size=(8, 8), hdri_sources=("map", "sky"))
+    assert [name for name, _, _ in hdri_views(tmp_path, only)] == ["hdri-map-00-0"]
+
+
 def test_training_cache_accepts_augment_output(natural, model_dir, tmp_path):
     from relightful.models import RelightModel
     from relightful.data.shards import read_pair_manifest

@@ -24,7 +24,8 @@ def _profile_ids(profile: str, drop_source: str | None = None) -> tuple[list[str
     starter = load_config(StarterConfig, PARAMS, "starter_data", profile=profile)
     stage = load_config(SyntheticStageConfig, PARAMS, "synthetic_stage", profile=profile)
     plan = load_config(RenderConfig, PARAMS, "render_pairs", profile=profile).plan
-    maps = [m for m in starter_map_ids(starter.sources, starter.n_skies) if source_of(m) != drop_source]
+    maps = [m for m in starter_map_ids(starter.sources, starter.n_skies, starter.n_train_skies)
+            if source_of(m) != drop_source]
     return synthetic_subject_ids(stage.n_subjects), maps, plan
 
 
@@ -191,6 +192,38 @@ def test_plan_config_from_params_and_pipeline_floats():
 def test_plan_config_rejects_bad_counts(bad, match):
     with pytest.raises(ValueError, match=match):
         from_dict(PlanConfig, bad)
+
+
+def test_train_only_maps_train_and_move_no_held_out_map():
+    """Maps of a `train_only_sources` source go to train, are used there, and leave val and test as they were."""
+    extra = [f"sky_train-{i:03d}" for i in range(40)]
+    floors = {"min_subjects": {"val": 2, "test": 3}, "min_maps": {"val": 4, "test": 6}}
+    config = PlanConfig(pairs_per_subject={"train": 64, "val": 6, "test": 10}, train_only_sources=("sky_train",),
+                        **floors)
+    _, without = plan_splits(SUBJECTS, MAPS, config)
+    _, with_extra = plan_splits(SUBJECTS, MAPS + extra, config)
+    assert {m: s for m, s in with_extra.items() if m not in extra} == without
+    assert all(with_extra[m] == "train" for m in extra)
+    plan = plan_pairs(SUBJECTS, MAPS + extra, config)
+    train_maps = set(plan.env_a[plan.split == "train"]) | set(plan.env_b[plan.split == "train"])
+    assert len(train_maps & set(extra)) > 30  # training draws from them in proportion
+    held_out = plan[plan.split != "train"]
+    assert not (set(held_out.env_a) | set(held_out.env_b)) & set(extra)
+    # without the option the same maps are split like any other source
+    _, plain = plan_splits(SUBJECTS, MAPS + extra, PlanConfig(**floors))
+    assert {plain[m] for m in extra} != {"train"}
+    with pytest.raises(ValueError, match="list of map sources"):
+        PlanConfig(train_only_sources="sky_train")
+
+
+def test_tiny_profile_training_only_skies_keep_the_held_out_maps():
+    """The tiny profile's `sky_train` maps all train; val and test hold the maps they hold without them."""
+    subjects, maps, config = _profile_ids("tiny")
+    assert sum(source_of(m) == "sky_train" for m in maps) > 0 and "sky_train" in config.train_only_sources
+    _, map_split = plan_splits(subjects, maps, config)
+    _, without = plan_splits(subjects, [m for m in maps if source_of(m) != "sky_train"], config)
+    assert {m: s for m, s in map_split.items() if source_of(m) != "sky_train"} == without
+    assert {s for m, s in map_split.items() if source_of(m) == "sky_train"} == {"train"}
 
 
 def test_floors_that_cannot_be_met_fail_with_the_reason():

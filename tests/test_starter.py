@@ -242,6 +242,24 @@ def test_skies_are_deterministic(tmp_path):
     assert sky.shape == (8, 16, 3) and sky.min() >= 0.0 and np.isfinite(sky).all()
 
 
+def test_training_only_skies_are_other_skies(tmp_path):
+    """`sky_train` skies come from their own stream of the seed: deterministic, none equal to a `sky` map, and the
+    `sky` maps are the same files with or without them."""
+    alone = build_starter_set(tmp_path / "a", sources=("sky",), n_skies=3, sky_height=8, progress=False)
+    both = build_starter_set(tmp_path / "b", sources=("sky", "sky_train"), n_skies=3, n_train_skies=4, sky_height=8,
+                             progress=False)
+    assert [e["file"][:-4] for e in both] == starter_map_ids(("sky", "sky_train"), 3, 4)
+    assert sum(e["file"].startswith("sky_train-") for e in both) == 4
+    sha = {e["file"]: e["sha256"] for e in both}
+    assert all(sha[e["file"]] == e["sha256"] for e in alone)
+    assert len(set(sha.values())) == 7
+    again = write_skies(tmp_path / "c", 4, 8, seed=0, progress=False, source="sky_train")
+    assert [e["sha256"] for e in again] == [sha[f"sky_train-{k:03d}.exr"] for k in range(4)]
+    _check_sources(tmp_path / "b")
+    with pytest.raises(ValueError, match="unknown sky source"):
+        write_skies(tmp_path / "d", 1, 8, source="clouds")
+
+
 def test_skies_are_written_atomically(tmp_path, monkeypatch):
     write_skies(tmp_path, 2, 8, seed=0, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
