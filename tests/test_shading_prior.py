@@ -34,13 +34,17 @@ def _set_target_from_the_right(model: RelightModel) -> None:
             estimator.head[-1].bias[2] = 0.6 * sign  # the coefficient of x (lighting/sh.py: y, z, x, ...)
 
 
+def _inputs(model: RelightModel) -> tuple[torch.Tensor, ...]:
+    """Two 32-px samples: a disc matte, its shape input, a random composite (latents) and background."""
+    matte = _disc(32).expand(2, -1, -1, -1)
+    composite = model.codec.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    return matte, model.matte_latent(matte), composite, torch.rand(2, 3, 32, 32) * 2 - 1
+
+
 def test_the_prior_is_the_ratio_of_two_shadings_added_to_every_pass():
     model = _prior_model()
     _set_target_from_the_right(model)
-    matte = _disc(32).expand(2, -1, -1, -1)
-    shape = model.matte_latent(matte)
-    composite = model.codec.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
-    background = torch.rand(2, 3, 32, 32) * 2 - 1
+    matte, shape, composite, background = _inputs(model)
     with torch.no_grad():
         prior = model.prior_log_gain(composite, shape, background)
     log_gain = model.codec.decode(prior)[:, 0]                                    # (B, S, S), the same in R, G, B
@@ -70,6 +74,36 @@ def test_the_prior_is_the_ratio_of_two_shadings_added_to_every_pass():
         model.shading_prior.source.head[-1].bias.zero_()  # equal lightings: no prior
     flat = Harmonizer(model, defaults=settings).relight_batch(fg, matte, bg, seed=3)
     assert float((batched - flat).abs().max()) > 0.05
+
+
+def test_prior_input_feeds_the_prior_to_the_unet(tmp_path):
+    """`prior_input`: the UNet reads the prior's log gain as one more channel (at latent resolution), needs it in
+    every call, and the folder round-trips; without the flag the UNet never sees it."""
+    model = _prior_model(prior_input=True)
+    _set_target_from_the_right(model)
+    assert model.unet.config.in_channels == 2 * model.codec.channels + 4 + 1
+    matte, shape, composite, background = _inputs(model)
+    with torch.no_grad():
+        prior = model.prior_log_gain(composite, shape, background)
+        channel = model.prior_channel(prior)
+        small = model.shading_prior.log_gain(*model.prior_inputs(composite, shape, background), shape)
+        interior = -torch.nn.functional.max_pool2d(-shape[:, :1], 3, 1, 1) > 0.99  # away from the matte's edge
+        torch.testing.assert_close(channel[interior], small[interior], atol=0.05, rtol=0)  # the prior, latent res
+        model.unet.conv_in.weight[:, -1].fill_(0.05)                        # make the new channel count
+        z, t = torch.randn_like(composite), torch.tensor([999, 999])
+        _, edit = model.denoise(z, t, composite, shape, None, return_edit=True, prior=prior)
+        _, edit_zero = model.denoise(z, t, composite, shape, None, return_edit=True, prior=torch.zeros_like(prior))
+    assert float((edit - edit_zero - prior).abs().max()) > 1e-3             # more than the prior added at the end
+    with pytest.raises(ValueError, match="prior_input"):
+        model.denoise(z, t, composite, shape, None)
+    model.save_pretrained(tmp_path / "m")
+    loaded = RelightModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.prior_input and loaded.unet.config.in_channels == model.unet.config.in_channels
+    with torch.no_grad():
+        again = loaded.denoise(z, t, composite, shape, None, return_edit=True, prior=prior)[1]
+    torch.testing.assert_close(again, edit)
+    with pytest.raises(ValueError, match="needs model.shading_prior"):
+        RelightModel(dataclasses.replace(micro_model_config(32), prior_input=True))
 
 
 def test_the_estimator_pools_mean_and_max():

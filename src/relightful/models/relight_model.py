@@ -73,11 +73,19 @@ class ModelConfig:
     # fitted on their own before stage 1 and then frozen (models/shading_prior.py, training/prior_fit.py); needs
     # `silhouette_normals` and the gain edit.
     shading_prior: bool = False
+    # The UNet also reads that prior's log gain (one channel at latent resolution), so it can tell where to trust it
+    # rather than only add to it blind; needs `shading_prior`.
+    prior_input: bool = False
 
     @property
     def shape_channels(self) -> int:
         """Input channels of the subject's shape: the matte, and its normals when `silhouette_normals`."""
         return 4 if self.silhouette_normals else 1
+
+    @property
+    def condition_channels(self) -> int:
+        """The UNet's input channels besides its two latents: the shape, and the prior's log gain (`prior_input`)."""
+        return self.shape_channels + int(self.prior_input)
 
 
 class RelightModel(nn.Module):
@@ -90,16 +98,17 @@ class RelightModel(nn.Module):
         latent = config.image_size // self.codec.factor
         self.latent_size = latent
         if unet is None:
-            unet = (load_instruct_pix2pix_unet(config.unet.init_from, config.shape_channels) if config.unet.init_from
-                    else build_unet(config.unet, self.codec.channels, latent, config.shape_channels))
+            unet = (load_instruct_pix2pix_unet(config.unet.init_from, config.condition_channels)
+                    if config.unet.init_from
+                    else build_unet(config.unet, self.codec.channels, latent, config.condition_channels))
         if config.edit not in ("add", "gain"):
             raise ValueError(f"model edit must be 'add' or 'gain', got {config.edit!r}")
         if config.residual and config.edit == "gain" and not isinstance(self.codec, PixelUnshuffleCodec):
             raise ValueError("a gain edit needs the pixel_unshuffle codec (a VAE latent is not linear light)")
-        expected_in = 2 * self.codec.channels + config.shape_channels
+        expected_in = 2 * self.codec.channels + config.condition_channels
         if unet.config.in_channels != expected_in:
-            raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec and the shape "
-                             f"inputs need {expected_in}")
+            raise ValueError(f"UNet takes {unet.config.in_channels} input channels; the codec, the shape "
+                             f"and prior inputs need {expected_in}")
         self.unet = unet
         self.feature_shapes = adapter_feature_shapes(unet, (latent, latent))
         self.lighting = LightingEncoder(config.lighting, config.image_size, self.feature_shapes)
@@ -122,6 +131,8 @@ class RelightModel(nn.Module):
             if not (config.silhouette_normals and config.residual and config.edit == "gain"):
                 raise ValueError("model.shading_prior needs model.silhouette_normals, model.residual and edit 'gain'")
             self.shading_prior = ShadingPrior()
+        if config.prior_input and not config.shading_prior:
+            raise ValueError("model.prior_input needs model.shading_prior")
 
     # --- conditioning -------------------------------------------------------------------------------------------
     def background_features(self, background: torch.Tensor) -> list[torch.Tensor]:
@@ -169,8 +180,14 @@ class RelightModel(nn.Module):
         """The UNet's prediction (ε, v or x̂₀, as trained; an edit of the composite when `config.residual`).
         `features=None` is the null lighting (no residuals); a zero composite the null image. `prior`: the shading
         prior's log gain (`prior_log_gain` of the real inputs), added to the edit whatever the pass drops. With
-        `return_edit` (residual models), also the UNet's raw edit: (prediction, edit)."""
-        x = torch.cat([noisy, composite, matte], dim=1)
+        `return_edit` (residual models), also the UNet's raw edit: (prediction, edit). With `config.prior_input`
+        the UNet reads the prior too (`prior_channel`), so a model with it needs `prior`."""
+        inputs = [noisy, composite, matte]
+        if self.config.prior_input:
+            if prior is None:
+                raise ValueError("this model's UNet reads the shading prior (model.prior_input): pass prior=")
+            inputs.append(self.prior_channel(prior).to(noisy.dtype))
+        x = torch.cat(inputs, dim=1)
         context = self.null_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
         extra = {}
         if features is not None:
@@ -186,6 +203,12 @@ class RelightModel(nn.Module):
             return out
         prediction = out + composite if self.config.edit == "add" else self.apply_gain(composite, out)
         return (prediction, out) if return_edit else prediction
+
+    def prior_channel(self, prior: torch.Tensor) -> torch.Tensor:
+        """The prior's log gain as a latent (`prior_log_gain`) -> one channel (B, 1, s, s) at latent resolution (area
+        average; the gain is grey), the UNet input of `prior_input`."""
+        log_gain = self.codec.decode(prior.float()).mean(dim=1, keepdim=True)
+        return F.interpolate(log_gain, size=(self.latent_size, self.latent_size), mode="area")
 
     def apply_gain(self, composite: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
         """composite · exp(log_gain) in linear light, both given as pixel latents; the log gain is clamped to

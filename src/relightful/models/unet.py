@@ -27,13 +27,14 @@ class UNetConfig:
     init_from: str | None = None    # a local InstructPix2Pix folder (with unet/): initialise from its weights
 
 
-def build_unet(config: UNetConfig, latent_channels: int, sample_size: int, shape_channels: int = 1):
-    """A freshly initialised UNet for `latent_channels`-channel latents (inputs: 2·C + shape_channels)."""
+def build_unet(config: UNetConfig, latent_channels: int, sample_size: int, condition_channels: int = 1):
+    """A freshly initialised UNet for `latent_channels`-channel latents (inputs: 2·C + condition_channels: the shape
+    and, with `prior_input`, the shading prior)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=2 * latent_channels + shape_channels,
+        in_channels=2 * latent_channels + condition_channels,
         out_channels=latent_channels,
         block_out_channels=tuple(config.block_out_channels),
         down_block_types=tuple(config.down_block_types),
@@ -62,9 +63,9 @@ def add_input_channels(unet, count: int = 1):
     return new_unet.to(old.weight.dtype)
 
 
-def load_instruct_pix2pix_unet(folder: str | Path, shape_channels: int = 1):
-    """The UNet of a local InstructPix2Pix folder (`unet/` in diffusers layout, safetensors), with the shape input
-    channels added (zero weights)."""
+def load_instruct_pix2pix_unet(folder: str | Path, condition_channels: int = 1):
+    """The UNet of a local InstructPix2Pix folder (`unet/` in diffusers layout, safetensors), with the condition
+    input channels (shape, prior) added (zero weights)."""
     from diffusers import UNet2DConditionModel
 
     folder = Path(folder)
@@ -78,7 +79,7 @@ def load_instruct_pix2pix_unet(folder: str | Path, shape_channels: int = 1):
     if unet.config.in_channels != 2 * unet.config.out_channels:
         raise InputError(unet_dir, f"not an InstructPix2Pix UNet: {unet.config.in_channels} input channels for "
                                    f"{unet.config.out_channels}-channel latents (expected twice as many)")
-    return add_input_channels(unet, shape_channels)
+    return add_input_channels(unet, condition_channels)
 
 
 NULL_EMBEDDING_FILE = "null_embedding.safetensors"
