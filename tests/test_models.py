@@ -133,7 +133,7 @@ def test_instruct_pix2pix_unet_is_unchanged_by_the_matte_channel(tmp_path):
     torch.testing.assert_close(model.denoise(z, t, z, z[:, :1], None), again.denoise(z, t, z, z[:, :1], None),
                                rtol=0, atol=0)
     # a codec whose latents do not match the checkpoint is refused clearly
-    with pytest.raises(ValueError, match="UNet takes 9 input channels; the codec and the shape inputs need 97"):
+    with pytest.raises(ValueError, match="UNet takes 9 input channels; the codec, the shape and prior inputs need 97"):
         RelightModel(ModelConfig(image_size=32, codec=CodecConfig(factor=4),
                                  unet=UNetConfig(init_from=str(tmp_path / "ip2p")), **encoders))
 
