@@ -78,7 +78,7 @@ def test_the_prior_is_the_ratio_of_two_shadings_added_to_every_pass():
 
 def test_prior_input_feeds_the_prior_to_the_unet(tmp_path):
     """`prior_input`: the UNet reads the prior's log gain as one more channel (at latent resolution), needs it in
-    every call, and the folder round-trips; without the flag the UNet never sees it."""
+    every call, and the folder round-trips."""
     model = _prior_model(prior_input=True)
     _set_target_from_the_right(model)
     assert model.unet.config.in_channels == 2 * model.codec.channels + 4 + 1
