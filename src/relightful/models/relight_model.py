@@ -76,6 +76,10 @@ class ModelConfig:
     # The UNet also reads that prior's log gain (one channel at latent resolution), so it can tell where to trust it
     # rather than only add to it blind; needs `shading_prior`.
     prior_input: bool = False
+    # The prior's background estimator also reads each pixel's place in the frame (two coordinate channels): where a
+    # bright region sits in the background says where the light comes from, and its pooled features lose the place.
+    # Needs `shading_prior`.
+    prior_coordinates: bool = False
 
     @property
     def shape_channels(self) -> int:
@@ -130,9 +134,10 @@ class RelightModel(nn.Module):
         if config.shading_prior:
             if not (config.silhouette_normals and config.residual and config.edit == "gain"):
                 raise ValueError("model.shading_prior needs model.silhouette_normals, model.residual and edit 'gain'")
-            self.shading_prior = ShadingPrior()
-        if config.prior_input and not config.shading_prior:
-            raise ValueError("model.prior_input needs model.shading_prior")
+            self.shading_prior = ShadingPrior(target_coordinates=config.prior_coordinates)
+        for option in ("prior_input", "prior_coordinates"):
+            if getattr(config, option) and not config.shading_prior:
+                raise ValueError(f"model.{option} needs model.shading_prior")
 
     # --- conditioning -------------------------------------------------------------------------------------------
     def background_features(self, background: torch.Tensor) -> list[torch.Tensor]:

@@ -33,12 +33,13 @@ def log_shading_ratio(source: torch.Tensor, target: torch.Tensor, shape: torch.T
 
 
 class ShadingPrior(nn.Module):
-    """The two estimators: `source` (composite and matte, 4 channels) and `target` (background, 3 channels)."""
+    """The two estimators: `source` (composite and matte, 4 channels) and `target` (background, 3 channels; with
+    `target_coordinates`, also where each pixel is in the frame)."""
 
-    def __init__(self):
+    def __init__(self, target_coordinates: bool = False):
         super().__init__()
         self.source = LightingEstimator(4, COEFFICIENTS)
-        self.target = LightingEstimator(3, COEFFICIENTS)
+        self.target = LightingEstimator(3, COEFFICIENTS, coordinates=target_coordinates)
 
     def coefficients(self, composite: torch.Tensor, matte: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """Linear composites and backgrounds (B, 3, S, S), mattes (B, 1, S, S) -> (B, 16): the source's
