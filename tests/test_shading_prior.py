@@ -112,6 +112,30 @@ def test_the_estimator_pools_mean_and_max():
     assert out.shape == (5, 8) and torch.isfinite(out).all()
 
 
+def test_prior_coordinates_give_the_background_estimator_the_frame(tmp_path):
+    """`prior_coordinates`: the target estimator reads x and y in [−1, 1] beside the background (its first layer
+    takes 5 channels), the source's is unchanged, the folder round-trips, and it needs the prior."""
+    from relightful.models.lighting_estimator import frame_coordinates
+
+    coords = frame_coordinates(torch.zeros(2, 3, 4, 8))
+    assert coords.shape == (2, 2, 4, 8)
+    torch.testing.assert_close(coords[0, 0, 0], torch.linspace(-1, 1, 8))     # x: left to right
+    torch.testing.assert_close(coords[1, 1, :, 5], torch.linspace(-1, 1, 4))  # y: top to bottom
+    model = _prior_model(prior_coordinates=True)
+    assert model.shading_prior.target.trunk[0].in_channels == 5
+    assert model.shading_prior.source.trunk[0].in_channels == 4
+    matte, shape, composite, background = _inputs(model)
+    with torch.no_grad():
+        prior = model.prior_log_gain(composite, shape, background)
+    model.save_pretrained(tmp_path / "m")
+    loaded = RelightModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.prior_coordinates
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.prior_log_gain(composite, shape, background), prior)
+    with pytest.raises(ValueError, match="prior_coordinates needs model.shading_prior"):
+        RelightModel(dataclasses.replace(micro_model_config(32), prior_coordinates=True))
+
+
 def test_fitting_learns_the_maps_coefficients(rendered_pairs, tmp_path):
     from relightful.training.prior_fit import coefficient_r2, fit_shading_prior
 
