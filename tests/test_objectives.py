@@ -119,9 +119,8 @@ def test_gain_edit_is_refused_where_it_means_nothing():
         RelightModel(dataclasses.replace(micro_model_config(), residual=True, edit="multiply"))
 
 
-def test_sampling_ensemble_averages_the_draws_of_one_batch():
-    from relightful.models.harmonizer import Harmonizer
-
+def _noisy_model_and_inputs():
+    """A micro gain-edit model whose output visibly depends on the noise, and two 32-px linear inputs."""
     torch.manual_seed(0)
     model = RelightModel(dataclasses.replace(micro_model_config(), residual=True, edit="gain"))
     for p in model.unet.conv_out.parameters():  # an untrained UNet outputs ~0: give the noise a visible effect
@@ -129,6 +128,13 @@ def test_sampling_ensemble_averages_the_draws_of_one_batch():
     g = torch.Generator().manual_seed(1)
     comp, matte, bg = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g), torch.rand(
         2, 3, 32, 32, generator=g)
+    return model, comp, matte, bg
+
+
+def test_sampling_ensemble_averages_the_draws_of_one_batch():
+    from relightful.models.harmonizer import Harmonizer
+
+    model, comp, matte, bg = _noisy_model_and_inputs()
     defaults = {"steps": 1, "image_guidance": 1.0, "lighting_guidance": 1.0}
     single = Harmonizer(model, defaults=defaults)
     three = Harmonizer(model, defaults={**defaults, "ensemble": 3})
@@ -140,6 +146,26 @@ def test_sampling_ensemble_averages_the_draws_of_one_batch():
     torch.testing.assert_close(averaged, members.mean(dim=0), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="ensemble"):
         Harmonizer(model, defaults={**defaults, "ensemble": 0})
+
+
+def test_mirrored_ensemble_relights_half_the_draws_mirrored_and_mirrors_them_back():
+    """`mirror_ensemble`: of 4 draws, 2 see the inputs and 2 their left-right mirrors (same noise rows as 4 plain
+    draws of [x, mirror(x)] twice); the mirrored outputs are mirrored back before the mean."""
+    from relightful.models.harmonizer import Harmonizer
+
+    model, comp, matte, bg = _noisy_model_and_inputs()
+    defaults = {"steps": 1, "image_guidance": 1.0, "lighting_guidance": 1.0}
+    single = Harmonizer(model, defaults=defaults)
+    mirrored = Harmonizer(model, defaults={**defaults, "ensemble": 4, "mirror_ensemble": True})
+    both = lambda x: torch.cat([x, x.flip(-1)]).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        members = single.generate(both(comp), both(matte), both(bg), 1, 7, 1.0, 1.0).view(2, 2, 2, 3, 32, 32)
+        averaged = mirrored.generate(comp, matte, bg, 1, 7, 1.0, 1.0)
+    assert float((members[:, 0] - members[:, 1].flip(-1)).abs().max()) > 1e-3  # the two views differ
+    expected = torch.cat([members[:, 0], members[:, 1].flip(-1)]).mean(dim=0)
+    torch.testing.assert_close(averaged, expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="even"):
+        Harmonizer(model, defaults={**defaults, "ensemble": 3, "mirror_ensemble": True})
 
 
 def test_shading_loss_ignores_the_level_and_sees_the_shape():

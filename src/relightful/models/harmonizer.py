@@ -13,7 +13,10 @@ DESIGN 3.5/3.7. The steps, and why each is the way it is:
 3. Sampling uses any diffusers scheduler (default DDIM on the training betas) with InstructPix2Pix-style
    classifier-free guidance on two scales; the three ε predictions run as one batch. With the model folder's
    `sampling.ensemble` = k, k noise draws of each input are sampled in the same batch and their outputs averaged
-   in linear light (a better estimate of E[x0 | inputs] for a one-step sampler).
+   in linear light (a better estimate of E[x0 | inputs] for a one-step sampler). With `sampling.mirror_ensemble`,
+   half of the draws relight the left-right mirrored inputs and are mirrored back before the average: a mirrored
+   portrait under mirrored lighting is another valid pair (training sees both, `train.hflip`), so the two halves
+   err differently and their mean cancels part of what one orientation gets wrong.
 4. Back to the input resolution. When the input is larger than the model's resolution, the generated image is *not*
    upscaled (that would blur the portrait): a smooth per-pixel gain (relit / original foreground, linear, matte-
    weighted Gaussian averages with a small ε) is computed at the model's resolution, upsampled bilinearly and
@@ -114,6 +117,9 @@ class Harmonizer:
         self.ensemble = 1 if ensemble is None else int(ensemble)     # noise draws averaged per output (ditto)
         if self.ensemble < 1:
             raise ValueError(f"sampling ensemble must be ≥ 1, got {self.ensemble}")
+        self.mirror_ensemble = bool(self.defaults.get("mirror_ensemble", False))  # ditto
+        if self.mirror_ensemble and self.ensemble % 2:
+            raise ValueError(f"sampling mirror_ensemble needs an even ensemble (half mirrored), got {self.ensemble}")
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
         self.gain_sigma = gain_sigma
@@ -226,6 +232,12 @@ class Harmonizer:
                  panorama: torch.Tensor | None = None) -> torch.Tensor:
         """Sample relit composites (B, 3, s, s), linear, from linear composites, mattes and backgrounds at the
         model's size; with `panorama` (B, 3, h, 2h) linear, the lighting is F_env(panorama) instead of F_bg."""
+        k, mirrored = self.ensemble, self.mirror_ensemble
+        if mirrored:  # half of the members relight the mirrored input: the inputs, then their mirrors
+            composite, matte, background = (torch.cat([x, x.flip(-1)]) for x in (composite, matte, background))
+            if panorama is not None:  # the centre column is the view direction: reversed columns mirror the light
+                panorama = torch.cat([panorama, panorama.flip(-1)])
+            k //= 2
         model = self.model
         dtype = next(model.unet.parameters()).dtype
         comp_lat = model.codec.encode(to_model_space(composite).to(dtype)).float()
@@ -236,13 +248,15 @@ class Harmonizer:
         else:
             features = model.panorama_features(panorama.to(composite.device, dtype))
         prior = model.prior_log_gain(comp_lat, m_lat, background)  # from the background in either case
-        k = self.ensemble
         if k > 1:  # k noise draws per input, one batch: member i of input b is row i·B + b
             comp_lat, m_lat = comp_lat.repeat(k, 1, 1, 1), m_lat.repeat(k, 1, 1, 1)
             features = [f.repeat(k, *[1] * (f.ndim - 1)) for f in features]
             prior = prior.repeat(k, 1, 1, 1) if prior is not None else None
         latents = self.sample(comp_lat, m_lat, features, steps, seed, s_img, s_light, progress, prior)
         images = from_model_space(model.codec.decode(latents.to(dtype)))
+        if mirrored:  # (k, 2, B, ...): the mirrored members mirrored back, then all 2k averaged
+            images = images.view(k, 2, -1, *images.shape[1:])
+            return torch.cat([images[:, 0], images[:, 1].flip(-1)]).mean(dim=0)
         return images.view(k, -1, *images.shape[1:]).mean(dim=0) if k > 1 else images
 
     def sample(self, composite: torch.Tensor, matte: torch.Tensor, features: list[torch.Tensor], steps: int,
