@@ -155,6 +155,27 @@ def test_fitting_learns_the_maps_coefficients(rendered_pairs, tmp_path):
         fit_shading_prior(model, manifest, files, steps=0, batch=8, lr=1e-3)
 
 
+def test_exposure_changes_teach_the_background_estimator_to_ignore_the_level(rendered_pairs, tmp_path):
+    """`exposure_stops`: the maps' coefficients are level-free, and a fit that sees each background up to 2 stops
+    brighter or darker answers a background and its 4× brighter copy more alike than the same fit without."""
+    from relightful.training.data import PairStream
+    from relightful.training.prior_fit import fit_shading_prior
+
+    manifest = read_pair_manifest(rendered_pairs)
+    change = {}
+    for stops in (0.0, 2.0):
+        model = _prior_model()
+        files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+        fit_shading_prior(model, manifest, files, steps=300, batch=32, lr=2e-3, progress=False, exposure_stops=stops)
+        samples = PairStream(manifest, files, "train", 64).samples(0, 64)
+        composite, matte, background = model.prior_inputs(samples["composite"], samples["matte"],
+                                                          samples["background"])
+        with torch.no_grad():
+            target = lambda gain: model.shading_prior.coefficients(composite, matte, background * gain)[:, 8:]
+            change[stops] = float((target(4.0) - target(1.0)).abs().mean() / target(1.0).std(dim=0).mean())
+    assert change[2.0] < 0.7 * change[0.0], change
+
+
 def test_stage_1_fits_the_prior_once_and_later_stages_keep_it(rendered_pairs, tmp_path):
     from relightful.training.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from relightful.training.loop import train_stage

@@ -116,6 +116,9 @@ class TrainConfig:
     shading_prior_steps: int = 500
     shading_prior_batch: int = 64
     shading_prior_lr: float = 1.0e-3
+    # the background's estimator sees each background's exposure changed by up to this many stops (uniform in log2):
+    # the maps' shading coefficients are level-free, so a brighter or darker scene keeps them
+    shading_prior_exposure_stops: float = 0.0
     ema_decay: float = 0.0          # > 0: the model folder gets this EMA of the trained weights (training/ema.py)
     num_train_timesteps: int = 1000
     timestep_bias: TimestepBias = field(default_factory=TimestepBias)

@@ -50,7 +50,7 @@ def prepare_shading_prior(model: RelightModel, run_dir: Path, manifest: pd.DataF
         else:
             report = fit_shading_prior(model, manifest, files, config.shading_prior_steps,
                                        config.shading_prior_batch, config.shading_prior_lr, config.seed,
-                                       config.hflip, progress)
+                                       config.hflip, progress, config.shading_prior_exposure_stops)
             save_tensors(path, {k: v.detach().float().contiguous() for k, v in prior.state_dict().items()},
                          metadata={"report": json.dumps(report)})
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -60,15 +60,21 @@ def prepare_shading_prior(model: RelightModel, run_dir: Path, manifest: pd.DataF
     return report
 
 
-def _coefficients(model: RelightModel, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    inputs = model.prior_inputs(*(batch[k].to(device) for k in ("composite", "matte", "background")))
-    return model.shading_prior.coefficients(*inputs)
+def _coefficients(model: RelightModel, batch: dict[str, torch.Tensor], device,
+                  background_gain: torch.Tensor | None = None) -> torch.Tensor:
+    composite, matte, background = model.prior_inputs(*(batch[k].to(device) for k in ("composite", "matte",
+                                                                                        "background")))
+    if background_gain is not None:  # (B,) exposure changes of the backgrounds, linear
+        background = background * background_gain.to(device).view(-1, 1, 1, 1)
+    return model.shading_prior.coefficients(composite, matte, background)
 
 
 def fit_shading_prior(model: RelightModel, manifest: pd.DataFrame, files: dict, steps: int, batch: int, lr: float,
-                      seed: int = 0, hflip: float = 0.0, progress: bool = True) -> dict[str, float]:
+                      seed: int = 0, hflip: float = 0.0, progress: bool = True,
+                      exposure_stops: float = 0.0) -> dict[str, float]:
     """Fit `model.shading_prior` on the `train` pairs of the latent cache `files` and freeze it; returns the last
-    steps' mean loss and, when the cache has `val` pairs, each estimator's R² there (`coefficient_r2`)."""
+    steps' mean loss and, when the cache has `val` pairs, each estimator's R² there (`coefficient_r2`). Samples are
+    mirrored with probability `hflip`, and each background's exposure changed by up to ±`exposure_stops`."""
     prior, device = model.shading_prior, next(model.parameters()).device
     if prior is None:
         raise ValueError("the model has no shading prior to fit (model.shading_prior)")
@@ -85,10 +91,13 @@ def fit_shading_prior(model: RelightModel, manifest: pd.DataFrame, files: dict, 
     with torch.enable_grad():
         for step in tqdm(range(steps), desc="shading prior", unit="step", disable=not progress):
             samples = stream.batch(step)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
             if hflip:
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
                 samples = mirror_samples(samples, model.codec, mirror_mask(gen, batch, hflip))
-            loss = F.mse_loss(_coefficients(model, samples, device), samples["shading"].to(device))
+            gain = None
+            if exposure_stops:
+                gain = torch.exp2((torch.rand(len(samples["shading"]), generator=gen) * 2 - 1) * exposure_stops)
+            loss = F.mse_loss(_coefficients(model, samples, device, gain), samples["shading"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
