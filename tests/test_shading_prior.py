@@ -15,6 +15,7 @@ from relightful.data.shards import read_pair_manifest
 from relightful.models import RelightModel
 from relightful.models.harmonizer import Harmonizer
 from relightful.models.lighting_estimator import LightingEstimator
+from relightful.models.shading_prior import COEFFICIENTS
 from relightful.training.data import build_cache
 
 
@@ -171,7 +172,8 @@ def test_exposure_changes_teach_the_background_estimator_to_ignore_the_level(ren
         composite, matte, background = model.prior_inputs(samples["composite"], samples["matte"],
                                                           samples["background"])
         with torch.no_grad():
-            target = lambda gain: model.shading_prior.coefficients(composite, matte, background * gain)[:, 8:]
+            target = lambda gain: model.shading_prior.coefficients(composite, matte,
+                                                                   background * gain)[:, COEFFICIENTS:]
             change[stops] = float((target(4.0) - target(1.0)).abs().mean() / target(1.0).std(dim=0).mean())
     assert change[2.0] < 0.7 * change[0.0], change
 
