@@ -1,4 +1,5 @@
-"""The starter set, offline: .exr.js decoding, clipping, SOURCES.json, skies, package clients faked on PATH."""
+"""The starter set, offline: .exr.js decoding, clipping, SOURCES.json, skies, package clients faked on PATH, and the
+KTX cube maps of packed floats (built here) that the open3d skyboxes are, their lat-long conversion and seams."""
 
 import base64
 import hashlib
@@ -6,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 
@@ -32,6 +34,8 @@ from relightful.data.starter_data import (
     write_skies,
 )
 from relightful.io import InputError, read_hdr
+from relightful.io.ktx import decode_r11g11b10f, read_ktx_cubemap
+from relightful.lighting.cubemap import FACE_NAMES, cubemap_to_latlong, seam_jumps
 
 
 def _exr_bytes(rgb: np.ndarray) -> bytes:
@@ -349,3 +353,175 @@ def test_failing_apt_get_suggests_update(tmp_path, monkeypatch):
 def test_unknown_source_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown starter sources"):
         build_starter_set(tmp_path, sources=("flickr",))
+
+
+# ---------------------------------------------------------------- open3d: KTX cube maps of packed floats
+
+GL_RGBA8 = 0x8058
+
+
+def _encode_ufloat(values: np.ndarray, mantissa_bits: int) -> np.ndarray:
+    """This test's own encoder of non-negative floats into the unsigned small floats of R11F_G11F_B10F (5-bit
+    exponent, bias 15, round to nearest): independent of the module's decoding tables."""
+    v = np.asarray(values, dtype=np.float64)
+    scale = float(1 << mantissa_bits)
+    exponent = np.floor(np.log2(np.maximum(v, 1e-30)))
+    normal = exponent >= -14
+    mantissa = np.where(normal, np.round((v / 2.0 ** exponent - 1.0) * scale), np.round(v / 2.0 ** -14 * scale))
+    biased = np.where(normal, exponent + 15, 0)
+    carry = mantissa >= scale  # rounding up to the next power of two
+    biased = np.where(carry, biased + 1, biased)
+    mantissa = np.where(carry, np.where(normal, 0, mantissa - scale), mantissa)
+    return ((biased.astype(np.uint32) << mantissa_bits) | mantissa.astype(np.uint32)).astype(np.uint32)
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) non-negative floats -> (...) uint32 texels: R bits 0-10, G bits 11-21, B bits 22-31."""
+    return (_encode_ufloat(rgb[..., 0], 6) | (_encode_ufloat(rgb[..., 1], 6) << 11)
+            | (_encode_ufloat(rgb[..., 2], 5) << 22)).astype(np.uint32)
+
+
+def _ktx_bytes(words: np.ndarray, internal_format: int = 0x8C3A, key_values: bytes = b"",
+               byte_order: str = "<") -> bytes:
+    """A KTX 1 cube map file of one mip level holding (6, N, N) uint32 texels."""
+    n = words.shape[1]
+    header = struct.pack(f"{byte_order}13I", 0x04030201, 0x8C3B, 4, 0x1907, internal_format, 0x1907, n, n, 0, 0, 6,
+                         1, len(key_values))
+    body = struct.pack(f"{byte_order}I", 4 * n * n) + words.astype(f"{byte_order}u4").tobytes()
+    return b"\xabKTX 11\xbb\r\n\x1a\n" + header + key_values + body
+
+
+# The OpenGL cube map table written out per face (spec "cube map face selection"): the direction of face coordinates
+# (sc, tc) in [-1, 1], the test's own forward projection.
+_FACE_DIRECTIONS = (
+    lambda sc, tc: (np.ones_like(sc), -tc, -sc),   # +X: sc = -z, tc = -y
+    lambda sc, tc: (-np.ones_like(sc), -tc, sc),   # -X: sc = +z, tc = -y
+    lambda sc, tc: (sc, np.ones_like(sc), tc),     # +Y: sc = +x, tc = +z
+    lambda sc, tc: (sc, -np.ones_like(sc), -tc),   # -Y: sc = +x, tc = -z
+    lambda sc, tc: (sc, -tc, np.ones_like(sc)),    # +Z: sc = +x, tc = -y
+    lambda sc, tc: (-sc, -tc, -np.ones_like(sc)),  # -Z: sc = -x, tc = -y
+)
+
+
+def _texel_directions(n: int) -> np.ndarray:
+    """(6, N, N, 3) unit directions of the texel centres: row k at t = (k + 0.5)/N, column l at s = (l + 0.5)/N."""
+    tc, sc = np.meshgrid(2 * (np.arange(n) + 0.5) / n - 1, 2 * (np.arange(n) + 0.5) / n - 1, indexing="ij")
+    d = np.stack([np.stack(f(sc, tc), axis=-1) for f in _FACE_DIRECTIONS])
+    return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+
+def _latlong_dirs(height: int) -> np.ndarray:
+    """DESIGN 3.1 written out: θ = π(i+0.5)/H from +y, φ = 2π(j+0.5)/W − π, d = (sin θ sin φ, cos θ, −sin θ cos φ)."""
+    theta = np.pi * (np.arange(height) + 0.5) / height
+    phi = 2 * np.pi * (np.arange(2 * height) + 0.5) / (2 * height) - np.pi
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    return np.stack([np.sin(t) * np.sin(p), np.cos(t), -np.sin(t) * np.cos(p)], axis=-1)
+
+
+def _radiance(d: np.ndarray) -> np.ndarray:
+    """A smooth, positive RGB function of direction that no mirror, flip or turn leaves unchanged."""
+    x, y, z = d[..., 0], d[..., 1], d[..., 2]
+    return np.stack([np.exp(0.9 * x + 0.4 * y - 0.6 * z), 2.0 + x * y + 0.7 * z, 1.5 + 0.8 * y - 0.4 * x + 0.3 * x * z],
+                    axis=-1)
+
+
+def test_r11g11b10f_decodes_known_values_exactly():
+    # values both the 6-bit (R, G) and the 5-bit (B) mantissas hold: normals, denormals, the largest B value
+    known = np.array([0.0, 1.0, 0.5, 3.25, 2.0 ** -14, 2.0 ** -19, 17.0 * 2.0 ** -19, 992.0, 64512.0])
+    rgb = np.stack([known, known[::-1], known], axis=-1)
+    np.testing.assert_array_equal(decode_r11g11b10f(_pack(rgb)), rgb.astype(np.float32))
+    # bit layout: R in bits 0-10, G in 11-21, B in 22-31; 65024 is the largest finite R/G value
+    assert decode_r11g11b10f(np.uint32(0x3C0)).tolist() == [1.0, 0.0, 0.0]  # exponent 15 in R's bits 6-10
+    assert decode_r11g11b10f(np.uint32(0x3C0 << 11)).tolist() == [0.0, 1.0, 0.0]
+    assert decode_r11g11b10f(np.uint32(0x1E0 << 22)).tolist() == [0.0, 0.0, 1.0]  # B: exponent 15 in bits 5-9
+    assert decode_r11g11b10f(np.uint32((30 << 6) | 63)).tolist()[0] == 65024.0
+    values = np.random.default_rng(0).uniform(0, 3e4, (1000, 3))
+    decoded = decode_r11g11b10f(_pack(values))
+    assert (np.abs(decoded - values) / values <= [2.0 ** -7, 2.0 ** -7, 2.0 ** -6]).all()  # half a unit, at most
+
+
+def test_ktx_cubemap_reads_faces_in_gl_order_either_byte_order():
+    rgb = np.random.default_rng(1).uniform(0.0, 100.0, (6, 4, 4, 3))
+    expected = decode_r11g11b10f(_pack(rgb))
+    for byte_order in "<>":
+        ktx = _ktx_bytes(_pack(rgb), key_values=b"\x04\x00\x00\x00k\x00v\x00", byte_order=byte_order)
+        faces = read_ktx_cubemap(ktx, "c.ktx")
+        assert faces.shape == (6, 4, 4, 3) and faces.dtype == np.float32
+        np.testing.assert_array_equal(faces, expected)
+
+
+def test_ktx_refuses_other_formats_and_truncated_files_naming_the_file():
+    words = _pack(np.ones((6, 4, 4, 3)))
+    with pytest.raises(InputError, match=r"c\.ktx.*internal format 0x8058"):
+        read_ktx_cubemap(_ktx_bytes(words, GL_RGBA8), "c.ktx")
+    with pytest.raises(InputError, match=r"c\.ktx.*truncated"):
+        read_ktx_cubemap(_ktx_bytes(words)[:-4], "c.ktx")
+    with pytest.raises(InputError, match=r"c\.ktx.*truncated"):
+        read_ktx_cubemap(_ktx_bytes(words)[:40], "c.ktx")
+    with pytest.raises(InputError, match=r"c\.ktx.*not a KTX 1"):
+        read_ktx_cubemap(b"\x89PNG" + bytes(100), "c.ktx")
+    inf = words.copy()
+    inf[2, 1, 1] = 31 << 6  # R exponent 31, mantissa 0: Inf
+    with pytest.raises(InputError, match=r"c\.ktx.*Inf or NaN"):
+        read_ktx_cubemap(_ktx_bytes(inf), "c.ktx")
+
+
+def test_cubemap_to_latlong_matches_the_function_it_was_rendered_from():
+    """A smooth asymmetric lat-long function, rendered into 6 faces by the GL table above, packed, written as KTX,
+    read back and converted, comes back everywhere (so with no face flipped or turned, and not mirrored)."""
+    faces = read_ktx_cubemap(_ktx_bytes(_pack(_radiance(_texel_directions(64)))), "f.ktx")
+    latlong = cubemap_to_latlong(faces, 32)
+    expected = _radiance(_latlong_dirs(32))
+    assert latlong.shape == (32, 64, 3)
+    assert np.abs(latlong / expected - 1).max() < 0.03
+    mirrored = _radiance(_latlong_dirs(32) * [-1, 1, 1])
+    assert np.abs(latlong / mirrored - 1).max() > 0.5
+
+
+def test_a_bright_texel_lands_at_its_latlong_pixel():
+    n, height = 32, 16
+    directions = _texel_directions(n)
+    for target in ([0.3, 0.5, -0.8], [0.9, -0.2, 0.3], [-0.2, -0.9, 0.1], [0.05, 0.99, -0.1]):
+        rgb = np.full((6, n, n, 3), 0.01)
+        texel = np.unravel_index(np.argmax(directions @ (np.array(target) / np.linalg.norm(target))), (6, n, n))
+        rgb[texel] = 1000.0
+        latlong = cubemap_to_latlong(read_ktx_cubemap(_ktx_bytes(_pack(rgb))), height, supersample=4)
+        row, col = np.unravel_index(latlong[..., 0].argmax(), latlong.shape[:2])
+        d = directions[texel]
+        theta, phi = np.arccos(d[1]), np.arctan2(d[0], -d[2])  # DESIGN 3.1 inverted
+        assert abs(row - (theta / np.pi * height - 0.5)) <= 1.0, target
+        assert abs((col - ((phi + np.pi) / (2 * np.pi) * 2 * height - 0.5) + height) % (2 * height) - height) <= 1.0
+
+
+def _texel_solid_angle(n: int, row: int, col: int) -> float:
+    """The solid angle a face texel covers: signed areas of the face's rectangles from its centre, projected."""
+    def area(s, t):
+        return np.arctan2(s * t, np.sqrt(s * s + t * t + 1))
+
+    s0, s1, t0, t1 = 2 * col / n - 1, 2 * (col + 1) / n - 1, 2 * row / n - 1, 2 * (row + 1) / n - 1
+    return float(area(s1, t1) - area(s0, t1) - area(s1, t0) + area(s0, t0))
+
+
+def test_a_bright_texel_keeps_its_energy():
+    """Supersampling spreads a texel (a sun) over the pixels it covers: ∫ L dω of the lat-long map is the texel's,
+    within the few % that bilinear weights in face coordinates make at a cube's corners."""
+    n, height = 8, 64
+    for face, row, col in ((4, 3, 5), (2, 0, 0), (1, 7, 2), (5, 7, 7)):
+        rgb = np.zeros((6, n, n, 3))
+        rgb[face, row, col] = 1000.0
+        latlong = cubemap_to_latlong(read_ktx_cubemap(_ktx_bytes(_pack(rgb))), height, supersample=2)
+        texel_omega = _texel_solid_angle(n, row, col)
+        theta = np.pi * (np.arange(height) + 0.5) / height
+        omega = (np.sin(theta) * (np.pi / height) ** 2)[:, None]
+        assert abs((latlong[..., 0] * omega).sum() / (1000 * texel_omega) - 1) < 0.05, (face, row, col)
+
+
+def test_seam_metric_sees_continuous_faces_and_a_flipped_one():
+    faces = read_ktx_cubemap(_ktx_bytes(_pack(_radiance(_texel_directions(64)))))
+    seams = seam_jumps(faces, 32)
+    assert len(seams) == 12 and max(seams.values()) < 1.5
+    for face, flip in ((2, lambda f: f[::-1]), (4, lambda f: f[:, ::-1]), (1, lambda f: f.transpose(1, 0, 2))):
+        broken = faces.copy()
+        broken[face] = flip(faces[face])
+        jumps = seam_jumps(broken, 32)
+        assert max(v for k, v in jumps.items() if FACE_NAMES[face] in k.split("|")) > 3.0, FACE_NAMES[face]
