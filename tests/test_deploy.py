@@ -1320,15 +1320,18 @@ def test_dockerfile_contract(name):
         index = "https://download.pytorch.org/whl/cpu"
         # the starter set's packages come with the image (the pods run starter-data without a package index),
         # in the cache the job reads and in the version it pins
-        from relightful.data.starter_data import PMNDRS_VERSION
+        from relightful.data.starter_data import OPEN3D_SHA256, OPEN3D_VERSION, OPEN3D_WHEEL, PMNDRS_VERSION
 
         text = DOCKERFILES[name].read_text()
         assert f"npm pack @pmndrs/assets@{PMNDRS_VERSION}" in text and "apt-get download blender-data" in text
+        assert f"download --no-cache-dir --disable-pip-version-check open3d-cpu=={OPEN3D_VERSION}" in text
+        assert re.search(rf"{OPEN3D_SHA256}\s+\\?\s*{re.escape(OPEN3D_WHEEL)} > (\S+)\s+\\\s+&& sha256sum -c \1", text)
         final_env = " ".join(arg for ins, arg in stages[-1] if ins == "ENV")
         cache = re.search(r"RELIGHTFUL_STARTER_CACHE=(\S+)", final_env).group(1)
         copied = [arg.split() for ins, arg in stages[-1] if ins == "COPY" and arg.startswith("--from=starter")]
-        assert len(copied) == 2 and all(c[-1].rstrip("/") == cache for c in copied)
+        assert len(copied) == 3 and all(c[-1].rstrip("/") == cache for c in copied)
         assert f"pmndrs-assets-{PMNDRS_VERSION}.tgz" in " ".join(copied[0])
+        assert copied[2][1].endswith(f"/{OPEN3D_WHEEL}")
     else:
         build, runtime = bases
         m = re.fullmatch(r"nvidia/cuda:(12\.\d+)\.\d+-(cudnn-)?devel-ubuntu(22|24)\.04", build)

@@ -1,5 +1,5 @@
 """The starter set, offline: .exr.js decoding, clipping, SOURCES.json, skies, package clients faked on PATH, and the
-KTX cube maps of packed floats (built here) that the open3d skyboxes are, their lat-long conversion and seams."""
+open3d skyboxes (KTX cube maps of packed floats built here, their lat-long conversion and seams)."""
 
 import base64
 import hashlib
@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import zipfile
 
 import relightful  # noqa: F401  (OpenEXR on in OpenCV)
 import cv2
@@ -19,6 +20,8 @@ import pytest
 from relightful.data import starter_data
 from relightful.data.starter_data import (
     BLENDER_MAPS,
+    OPEN3D_MAPS,
+    OPEN3D_WHEEL,
     PMNDRS_MAPS,
     StarterDataError,
     build_starter_set,
@@ -26,9 +29,11 @@ from relightful.data.starter_data import (
     decode_exr_bytes,
     decode_exr_js,
     fetch_blender_data,
+    fetch_open3d,
     fetch_pmndrs,
     negative_energy_fraction,
     read_blender_maps,
+    read_open3d_maps,
     read_pmndrs_maps,
     starter_map_ids,
     write_skies,
@@ -205,6 +210,9 @@ def test_starter_map_ids_lists_the_maps_written_without_fetching(tmp_path):
     assert len(ids) == len(set(ids)) == 18 + 7 + 5
     assert "pmndrs-sunrise" in ids and "blender-sunrise" not in ids
     assert len(starter_map_ids(("blender",), 0)) == 8
+    with_open3d = starter_map_ids(("pmndrs", "blender", "sky", "open3d"), 5)
+    assert sorted(set(with_open3d) - set(ids)) == [f"open3d-{name}" for name in OPEN3D_MAPS]
+    assert len(OPEN3D_MAPS) == 9 and "open3d-hall" in with_open3d and "open3d-default" not in with_open3d
     entries = build_starter_set(tmp_path, sources=("sky",), n_skies=3, sky_height=4, progress=False)
     assert [e["file"][:-4] for e in entries] == starter_map_ids(("sky",), 3)
 
@@ -224,6 +232,10 @@ def test_map_names_match_the_cached_packages():
         listing = subprocess.run(["dpkg-deb", "-c", str(debs[-1])], capture_output=True, text=True, check=True).stdout
         names = sorted(m.group(1) for line in listing.splitlines() if (m := starter_data._BLENDER_MEMBER.search(line)))
         assert tuple(names) == BLENDER_MAPS
+    if (cache / OPEN3D_WHEEL).is_file():
+        with zipfile.ZipFile(cache / OPEN3D_WHEEL) as wheel:
+            names = sorted(m.group(1) for n in wheel.namelist() if (m := starter_data._OPEN3D_MEMBER.match(n)))
+        assert tuple(n for n in names if n not in starter_data.OPEN3D_NOT_CAPTURED) == OPEN3D_MAPS
 
 
 def test_sources_json_merges_runs(tmp_path):
@@ -425,6 +437,21 @@ def _radiance(d: np.ndarray) -> np.ndarray:
                     axis=-1)
 
 
+def _open3d_wheel(path, maps: dict[str, bytes], version: str = "9.9.9"):
+    """A wheel (zip) with open3d's layout: METADATA and open3d/resources/<member> files."""
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"open3d_cpu-{version}.dist-info/METADATA", f"Metadata-Version: 2.4\nName: open3d-cpu\n"
+                                                                   f"Version: {version}\nLicense: MIT\n")
+        wheel.writestr("open3d/resources/defaultLit.filamat", b"material")
+        for member, data in maps.items():
+            wheel.writestr(f"open3d/resources/{member}", data)
+    return path
+
+
+def _cube_ktx(n: int = 8, seed: int = 0) -> bytes:
+    return _ktx_bytes(_pack(_radiance(_texel_directions(n)) * (1 + seed)))
+
+
 def test_r11g11b10f_decodes_known_values_exactly():
     # values both the 6-bit (R, G) and the 5-bit (B) mantissas hold: normals, denormals, the largest B value
     known = np.array([0.0, 1.0, 0.5, 3.25, 2.0 ** -14, 2.0 ** -19, 17.0 * 2.0 ** -19, 992.0, 64512.0])
@@ -450,7 +477,7 @@ def test_ktx_cubemap_reads_faces_in_gl_order_either_byte_order():
         np.testing.assert_array_equal(faces, expected)
 
 
-def test_ktx_refuses_other_formats_and_truncated_files_naming_the_file():
+def test_ktx_refuses_other_formats_and_truncated_files_naming_the_member(tmp_path):
     words = _pack(np.ones((6, 4, 4, 3)))
     with pytest.raises(InputError, match=r"c\.ktx.*internal format 0x8058"):
         read_ktx_cubemap(_ktx_bytes(words, GL_RGBA8), "c.ktx")
@@ -464,6 +491,9 @@ def test_ktx_refuses_other_formats_and_truncated_files_naming_the_file():
     inf[2, 1, 1] = 31 << 6  # R exponent 31, mantissa 0: Inf
     with pytest.raises(InputError, match=r"c\.ktx.*Inf or NaN"):
         read_ktx_cubemap(_ktx_bytes(inf), "c.ktx")
+    wheel = _open3d_wheel(tmp_path / "o.whl", {"hall_skybox.ktx": _ktx_bytes(words, GL_RGBA8)})
+    with pytest.raises(InputError, match=r"o\.whl:open3d/resources/hall_skybox\.ktx: .*0x8058"):
+        read_open3d_maps(wheel, height=4)
 
 
 def test_cubemap_to_latlong_matches_the_function_it_was_rendered_from():
@@ -525,3 +555,98 @@ def test_seam_metric_sees_continuous_faces_and_a_flipped_one():
         broken[face] = flip(faces[face])
         jumps = seam_jumps(broken, 32)
         assert max(v for k, v in jumps.items() if FACE_NAMES[face] in k.split("|")) > 3.0, FACE_NAMES[face]
+
+
+def test_read_open3d_maps_from_a_wheel(tmp_path):
+    wheel = _open3d_wheel(tmp_path / "o.whl", {"zeta_skybox.ktx": _cube_ktx(seed=1), "alpha_skybox.ktx": _cube_ktx(),
+                                               "alpha_ibl.ktx": b"prefiltered, never read",
+                                               "default_skybox.ktx": b"a gradient, never read"})
+    version, maps = read_open3d_maps(wheel, height=8)
+    assert version == "9.9.9"
+    assert [m.name for m in maps] == ["alpha", "zeta"]
+    assert maps[0].original == "open3d/resources/alpha_skybox.ktx"
+    assert maps[0].image.shape == (8, 16, 3) and maps[0].image.dtype == np.float32
+    np.testing.assert_allclose(maps[1].image, 2 * maps[0].image, rtol=0.02)
+    (tmp_path / "junk.whl").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="junk.whl.*not a readable wheel"):
+        read_open3d_maps(tmp_path / "junk.whl")
+    with pytest.raises(InputError, match="empty.whl.*no open3d/resources"):
+        read_open3d_maps(_open3d_wheel(tmp_path / "empty.whl", {}))
+
+
+def test_build_writes_open3d_maps_from_a_cached_wheel(tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "hdri"
+    cache.mkdir()
+    _open3d_wheel(cache / OPEN3D_WHEEL, {"hall_skybox.ktx": _cube_ktx()}, version="0.20.0")
+    entries = build_starter_set(out, sources=("open3d",), cache_dir=cache, progress=False)
+    assert [e["file"] for e in entries] == ["open3d-hall.exr"]
+    entry = _check_sources(out)["open3d-hall.exr"]
+    assert entry["source"] == "pypi:open3d-cpu" and entry["version"] == "0.20.0"
+    assert entry["original"] == "open3d/resources/hall_skybox.ktx"
+    assert "unknown origin" in entry["license"] and "MIT" in entry["license"]
+    image = read_hdr(out / "open3d-hall.exr")
+    assert image.shape == (256, 512, 3) and image.min() >= 0.0
+    np.testing.assert_allclose(image, _radiance(_latlong_dirs(256)), rtol=0.15)
+
+
+def _fake_pip(tmp_path, monkeypatch, payload: bytes):
+    """Point the module's pip at a script that logs its arguments and 'downloads' `payload` as the pinned wheel."""
+    src, log = tmp_path / "payload.whl", tmp_path / "pip.log"
+    src.write_bytes(payload)
+    _fake_tool(tmp_path / "bin", "pip", f'echo "$@" >> "{log}"\ncp "{src}" ./{OPEN3D_WHEEL}\n')
+    monkeypatch.setattr(starter_data, "PIP_COMMAND", (str(tmp_path / "bin" / "pip"),))
+    return log
+
+
+def test_pip_download_is_pinned_checked_and_run_once(tmp_path, monkeypatch):
+    payload = b"a wheel"
+    log = _fake_pip(tmp_path, monkeypatch, payload)
+    monkeypatch.setattr(starter_data, "OPEN3D_SHA256", hashlib.sha256(payload).hexdigest())
+    cache = tmp_path / "cache"
+    assert fetch_open3d(cache) == fetch_open3d(cache) == cache / OPEN3D_WHEEL
+    args = log.read_text().splitlines()
+    assert len(args) == 1
+    for pin in ("download open3d-cpu==0.20.0", "--no-deps", "--only-binary=:all:", "--platform manylinux_2_35_x86_64",
+                "--python-version 3.11"):
+        assert pin in args[0]
+    assert [p.name for p in cache.iterdir()] == [OPEN3D_WHEEL]
+
+
+def test_a_wheel_that_is_not_the_pinned_file_is_not_cached(tmp_path, monkeypatch):
+    _fake_pip(tmp_path, monkeypatch, b"another build")
+    with pytest.raises(StarterDataError, match=f"{OPEN3D_WHEEL}: sha256 .* is not the pinned"):
+        fetch_open3d(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def _log_luminance(image: np.ndarray, height: int = 32) -> np.ndarray:
+    luminance = np.maximum(image, 0.0).mean(axis=-1).astype(np.float32)  # pmndrs maps hold DWAB's negatives
+    small = cv2.resize(luminance, (2 * height, height), interpolation=cv2.INTER_AREA)
+    return np.log(small + 1e-3 * small.mean())
+
+
+@pytest.mark.slow
+def test_the_real_open3d_maps():
+    """The pinned wheel's 9 skyboxes (when cached): 512x256, finite, non-negative, faces joined without a seam, sky
+    up, the brightest texel above the horizon, and none the same image as a cached pmndrs or Blender map."""
+    cache = starter_data.default_cache_dir()
+    if not (cache / OPEN3D_WHEEL).is_file():
+        pytest.skip(f"{OPEN3D_WHEEL} not cached in {cache}")
+    version, maps = read_open3d_maps(cache / OPEN3D_WHEEL)
+    assert version == starter_data.OPEN3D_VERSION and tuple(m.name for m in maps) == OPEN3D_MAPS
+    with zipfile.ZipFile(cache / OPEN3D_WHEEL) as wheel:
+        for m in maps:
+            image = m.image
+            assert image.shape == (256, 512, 3) and np.isfinite(image).all() and image.min() >= 0.0, m.name
+            assert max(seam_jumps(read_ktx_cubemap(wheel.read(m.original), m.name)).values()) < 1.75, m.name
+            assert image[:128].mean() > image[128:].mean(), m.name
+            assert np.unravel_index(image.mean(axis=-1).argmax(), image.shape[:2])[0] < 128, m.name
+    tgz = cache / f"pmndrs-assets-{starter_data.PMNDRS_VERSION}.tgz"
+    debs = sorted(cache.glob("blender-data_*.deb")) if shutil.which("dpkg-deb") else []
+    others = [_log_luminance(m.image) for m in (read_pmndrs_maps(tgz)[1] if tgz.is_file() else [])
+              + (read_blender_maps(debs[-1])[1] if debs else [])]
+    if others:
+        for m in maps:
+            mine = _log_luminance(m.image)
+            correlations = [np.corrcoef(mine.ravel(), o.ravel())[0, 1] for o in others]
+            assert np.isfinite(correlations).all() and max(correlations) < 0.95, m.name

@@ -1,4 +1,4 @@
-"""The starter set of HDR environment maps: real CC0 maps from two packages plus procedural clear skies.
+"""The starter set of HDR environment maps: real maps from three packages plus procedural clear skies.
 
 Sources (DESIGN 5):
 - ``pmndrs``: the npm package ``@pmndrs/assets`` (pinned version below), 18 Poly Haven maps, 512×256 DWAB EXR stored
@@ -6,6 +6,14 @@ Sources (DESIGN 5):
 - ``blender``: Debian's ``blender-data``, 8 Poly Haven maps, 1024×512 DWAB EXR in
   ``datafiles/studiolights/world/``; fetched with ``apt-get download`` (the version the host's apt lists offer), read
   with ``dpkg-deb --fsys-tarfile`` (nothing is installed or unpacked to disk).
+- ``open3d``: the PyPI wheel ``open3d-cpu`` (pinned version, platform and sha256 below), 9 HDR skyboxes
+  (``open3d/resources/<name>_skybox.ktx``: KTX 1 cube maps, 6 faces of 256², packed floats GL_R11F_G11F_B10F, made by
+  Filament's cmgen), converted to 512×256 lat-long maps (`relightful.io.ktx`, `relightful.lighting.cubemap`); fetched
+  with ``pip download``, read from the wheel (a zip) in memory, never installed. The wheel is MIT-licensed; where the
+  panoramas come from is not documented, so their licence is recorded as unknown (`OPEN3D_LICENSE`). Suns are kept
+  (peaks up to 6.5·10⁴; the sun cores of ``crossroads`` and ``park`` touch the packer's ceiling of 64,512 in a few
+  texels). ``default_skybox.ktx`` is a smooth grey gradient (peak 0.9), not a captured scene, and is left out. They
+  are training-only in the tiny profile (`render_pairs.plan.train_only_sources`), like ``sky_train``.
 - ``sky``: procedural skies of `relightful.lighting.sky` drawn from a seed (clear, scattered clouds or overcast, sun
   high or low, clear or hazy air, grounds of several colours): cheap (about 25 ms each at H = 128), so the tiny
   profile draws enough of them that training keeps many maps after val and test take theirs.
@@ -15,8 +23,19 @@ Sources (DESIGN 5):
 
 One Blender map is the same Poly Haven map as a pmndrs one (``sunrise``: correlation 0.99 of the log maps at zero
 rotation; the others are below 0.85): when both sources are written it is left out, so that a map never sits in two
-splits under two names (`BLENDER_DUPLICATES`). `starter_map_ids` lists the ids a configuration writes without
-fetching or rendering anything (the pair plan of a profile can be computed from it).
+splits under two names (`BLENDER_DUPLICATES`). No open3d map is a pmndrs or Blender map: the highest correlation is
+0.78 at zero rotation and 0.87 over every rotation and mirror (``konzerthaus`` and ``pmndrs-city``, two overcast
+Berlin squares). `starter_map_ids` lists the ids a configuration writes without fetching or rendering anything (the
+pair plan of a profile can be computed from it).
+
+The open3d cube maps' orientation was checked on the 9 real files. Faces follow OpenGL's face table as cmgen writes
+them, sampled at the lat-long directions as they are (`relightful.lighting.cubemap`): every face seam is continuous
+(`seam_jumps` at most 1.57, median 0.9; turning, flipping or swapping any one face puts at least one seam of the 9
+maps above 16), the sky is up (the upper hemisphere is brighter in every map, 1.04× to 23×; the brightest texel is
+above the horizon in all 9) and nothing is mirrored: in ``nightlights`` (Shanghai's Bund at night) the Oriental Pearl
+Tower stands left of the Lujiazui towers seen across the river, and in ``konzerthaus`` (Berlin's Gendarmenmarkt, the
+Konzerthaus behind the camera) the French Cathedral is on the left with its church to its left, the German Cathedral
+on the right with its domed church to its right, as on the square.
 
 Downloads go through those package clients into a cache folder (``$RELIGHTFUL_STARTER_CACHE``, else
 ``$XDG_CACHE_HOME/relightful/starter``, else ``~/.cache/relightful/starter``); a cached package is never fetched again.
@@ -25,8 +44,8 @@ DWAB compression rings around bright suns and leaves negative radiance (in @pmnd
 to 0 per channel, and the count and the clipped energy fraction are recorded so that users can filter maps. Some
 pmndrs suns are damaged beyond clipping (``park``: the sun core keeps only its blue channel); Debian's maps are clean.
 Every map is written atomically as 32-bit float ``.exr`` and listed in ``SOURCES.json`` (source package and version,
-original file, licence, sha256 of the written file, size, peak value). Network access happens only in `fetch_pmndrs`
-and `fetch_blender_data`; everything else is pure or local.
+original file, licence, sha256 of the written file, size, peak value). Network access happens only in `fetch_pmndrs`,
+`fetch_blender_data` and `fetch_open3d`; everything else is pure or local.
 """
 
 from __future__ import annotations
@@ -39,9 +58,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import relightful  # noqa: F401  (sets OPENCV_IO_ENABLE_OPENEXR before cv2 is imported)
@@ -51,6 +72,8 @@ from tqdm.auto import tqdm
 
 from relightful.io import InputError, atomic_write_text, check_pixels, write_hdr
 from relightful.io.digest import sha256_file
+from relightful.io.ktx import read_ktx_cubemap
+from relightful.lighting.cubemap import cubemap_to_latlong
 from relightful.lighting.envmap import latlong_solid_angles
 from relightful.lighting.sky import random_sky_params, sky_envmap
 
@@ -60,7 +83,7 @@ BLENDER_PACKAGE = "blender-data"
 SOURCES_FILE = "SOURCES.json"
 DEFAULT_OUT_DIR = Path("data/raw/hdri")
 DEFAULT_SOURCES = ("pmndrs", "blender", "sky")
-KNOWN_SOURCES = (*DEFAULT_SOURCES, "sky_train")
+KNOWN_SOURCES = (*DEFAULT_SOURCES, "sky_train", "open3d")
 SKY_STREAMS = {"sky": None, "sky_train": 1}  # a sky source's seed stream: None = the seed itself (the first skies)
 POLY_HAVEN = "Poly Haven (polyhaven.com, formerly HDRI Haven), CC0-1.0"
 CLIENT_TIMEOUT_S = 900
@@ -69,9 +92,25 @@ PMNDRS_MAPS = ("apartment", "bridge", "city", "dawn", "esplanade", "forest", "ha
                "sky", "studio", "sunrise", "sunset", "venice", "warehouse", "workshop")
 BLENDER_MAPS = ("city", "courtyard", "forest", "interior", "night", "studio", "sunrise", "sunset")
 BLENDER_DUPLICATES = {"sunrise": "pmndrs-sunrise"}  # blender map -> the pmndrs map it duplicates
+# The open3d-cpu wheel: version, platform and Python pinned so that every machine fetches this very file.
+OPEN3D_PACKAGE = "open3d-cpu"
+OPEN3D_VERSION = "0.20.0"
+OPEN3D_PLATFORM = "manylinux_2_35_x86_64"
+OPEN3D_PYTHON = "3.11"
+OPEN3D_WHEEL = f"open3d_cpu-{OPEN3D_VERSION}-cp311-cp311-{OPEN3D_PLATFORM}.whl"
+OPEN3D_SHA256 = "5b7b6ecd566e12fc7d55b1de476b5b35461deb632b40216ad52894cf402aed90"  # PyPI's digest of OPEN3D_WHEEL
+OPEN3D_LICENSE = "unknown origin (not documented by Open3D); shipped in the open3d-cpu wheel, which is MIT-licensed"
+OPEN3D_MAPS = ("brightday", "crossroads", "hall", "konzerthaus", "nightlights", "park", "park2", "pillars",
+               "streetlamp")
+OPEN3D_NOT_CAPTURED = ("default",)  # a smooth gradient, not a scene (module doc)
+OPEN3D_HEIGHT = 256
+OPEN3D_SUPERSAMPLE = 4  # lookups per pixel side: the maps' energy within 0.3 % of the cube maps', suns included
+PIP_COMMAND = (sys.executable, "-m", "pip")
 
 _PMNDRS_MEMBER = re.compile(r"(?:^|/)hdri/([A-Za-z0-9_.-]+)\.exr\.js$")
 _BLENDER_MEMBER = re.compile(r"datafiles/studiolights/world/([A-Za-z0-9_.-]+)\.exr$")
+_OPEN3D_MEMBER = re.compile(r"^open3d/resources/([A-Za-z0-9_.-]+)_skybox\.ktx$")
+_WHEEL_METADATA = re.compile(r"^[^/]+\.dist-info/METADATA$")
 _DATA_URL = re.compile(rb"data:[^;,'\"]*;base64,([A-Za-z0-9+/=\s]+)")
 
 
@@ -210,6 +249,37 @@ def read_blender_maps(deb: str | Path) -> tuple[str, list[RawMap]]:
     return version, sorted(maps, key=lambda m: m.name)
 
 
+def _wheel_version(wheel: zipfile.ZipFile) -> str:
+    """The ``Version:`` of a wheel's METADATA, or "unknown"."""
+    for name in wheel.namelist():
+        if _WHEEL_METADATA.match(name):
+            for line in wheel.read(name).decode("utf-8", errors="replace").splitlines():
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def read_open3d_maps(whl: str | Path, height: int = OPEN3D_HEIGHT) -> tuple[str, list[RawMap]]:
+    """(package version, maps) from an open3d-cpu wheel: its ``*_skybox.ktx`` cube maps (not the prefiltered
+    ``*_ibl.ktx``, nor the gradients of `OPEN3D_NOT_CAPTURED`) as lat-long maps of `height`, read in memory."""
+    whl = Path(whl)
+    maps = []
+    try:
+        with zipfile.ZipFile(whl) as wheel:
+            version = _wheel_version(wheel)
+            for member in wheel.namelist():
+                match = _OPEN3D_MEMBER.match(member)
+                if match and match.group(1) not in OPEN3D_NOT_CAPTURED:
+                    faces = read_ktx_cubemap(wheel.read(member), f"{whl}:{member}")
+                    maps.append(RawMap(match.group(1), member,
+                                       cubemap_to_latlong(faces, height, OPEN3D_SUPERSAMPLE)))
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(whl, f"not a readable wheel ({err})") from err
+    if not maps:
+        raise InputError(whl, "no open3d/resources/*_skybox.ktx maps in the wheel")
+    return version, sorted(maps, key=lambda m: m.name)
+
+
 # ---------------------------------------------------------------- package clients (network)
 
 def _require_tool(tool: str, purpose: str) -> str:
@@ -232,8 +302,10 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return done.stdout
 
 
-def _download_into(cache_dir: Path, cmd: list[str], what: str, pattern: str) -> Path:
-    """Run a client in a temp folder of the cache, then move the one file matching `pattern` into the cache."""
+def _download_into(cache_dir: Path, cmd: list[str], what: str, pattern: str,
+                   check: Callable[[Path], None] | None = None) -> Path:
+    """Run a client in a temp folder of the cache, then move the one file matching `pattern` into the cache (after
+    `check`, which raises if the file must not be kept)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
     try:
@@ -241,6 +313,8 @@ def _download_into(cache_dir: Path, cmd: list[str], what: str, pattern: str) -> 
         found = sorted(tmp.glob(pattern))
         if len(found) != 1:
             raise StarterDataError(f"`{what}` succeeded but left {len(found)} files matching {pattern} in {tmp}")
+        if check is not None:
+            check(found[0])
         target = cache_dir / found[0].name
         os.replace(found[0], target)
         return target
@@ -272,6 +346,29 @@ def fetch_blender_data(cache_dir: str | Path | None = None) -> Path:
     except StarterDataError as err:
         raise StarterDataError(f"{err}\n(if apt does not know the package, run `apt-get update` as root first; "
                                f"it is in Debian main and Ubuntu universe)") from err
+
+
+def _check_open3d_digest(path: Path) -> None:
+    """Refuse a downloaded wheel that is not the pinned file (another build under the same name would change the
+    maps silently)."""
+    digest = sha256_file(path)
+    if digest != OPEN3D_SHA256:
+        raise StarterDataError(f"{path.name}: sha256 {digest} is not the pinned {OPEN3D_SHA256}")
+
+
+def fetch_open3d(cache_dir: str | Path | None = None) -> Path:
+    """The pinned open3d-cpu wheel in the cache, fetched with ``pip download`` if absent (network; nothing is
+    installed, and version, platform and Python are pinned, so any pip on any machine fetches the same file)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cached = cache_dir / OPEN3D_WHEEL
+    if cached.is_file():
+        return cached
+    spec = f"{OPEN3D_PACKAGE}=={OPEN3D_VERSION}"
+    cmd = [*PIP_COMMAND, "download", spec, "--no-deps", "--only-binary=:all:", "--platform", OPEN3D_PLATFORM,
+           "--python-version", OPEN3D_PYTHON, "--implementation", "cp", "--abi", "cp311", "--quiet",
+           "--disable-pip-version-check", "-d", "."]
+    return _download_into(cache_dir, cmd, f"pip download {spec} ({OPEN3D_PLATFORM})", OPEN3D_WHEEL,
+                          _check_open3d_digest)
 
 
 # ---------------------------------------------------------------- writing
@@ -341,6 +438,12 @@ def write_blender(out_dir: str | Path, cache_dir: str | Path | None = None, prog
                               f"deb:{BLENDER_PACKAGE}", progress=progress)
 
 
+def write_open3d(out_dir: str | Path, cache_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Fetch (or reuse) the open3d-cpu wheel and write its 9 skyboxes as ``open3d-<name>.exr`` lat-long maps."""
+    version, maps = read_open3d_maps(fetch_open3d(cache_dir))
+    return write_package_maps(out_dir, "open3d", version, maps, f"pypi:{OPEN3D_PACKAGE}", OPEN3D_LICENSE, progress)
+
+
 def write_skies(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, progress: bool = True,
                 source: str = "sky") -> list[dict]:
     """Write `n` random skies (`relightful.lighting.sky`) as ``<source>-000.exr``...; same seed, same files. Each sky
@@ -386,7 +489,8 @@ def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[s
     jobs = {"pmndrs": lambda: write_pmndrs(out_dir, cache_dir, progress),
             "blender": lambda: write_blender(out_dir, cache_dir, progress, skip=duplicates),
             "sky": lambda: write_skies(out_dir, n_skies, sky_height, seed, progress),
-            "sky_train": lambda: write_skies(out_dir, n_train_skies, sky_height, seed, progress, "sky_train")}
+            "sky_train": lambda: write_skies(out_dir, n_train_skies, sky_height, seed, progress, "sky_train"),
+            "open3d": lambda: write_open3d(out_dir, cache_dir, progress)}
     entries, failures = [], []
     for name in sources:
         try:
@@ -401,7 +505,8 @@ def build_starter_set(out_dir: str | Path = DEFAULT_OUT_DIR, sources: Sequence[s
 
 def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32, n_train_skies: int = 0) -> list[str]:
     """The map ids (file stems) `build_starter_set` writes for these sources, without fetching or rendering: the
-    pinned pmndrs maps, Debian's Blender maps (less the duplicates of pmndrs ones) and the skies."""
+    pinned pmndrs maps, Debian's Blender maps (less the duplicates of pmndrs ones), the skies and the open3d
+    skyboxes."""
     ids = []
     if "pmndrs" in sources:
         ids += [f"pmndrs-{name}" for name in PMNDRS_MAPS]
@@ -412,4 +517,6 @@ def starter_map_ids(sources: Sequence[str] = DEFAULT_SOURCES, n_skies: int = 32,
         ids += [f"sky-{k:03d}" for k in range(n_skies)]
     if "sky_train" in sources:
         ids += [f"sky_train-{k:03d}" for k in range(n_train_skies)]
+    if "open3d" in sources:
+        ids += [f"open3d-{name}" for name in OPEN3D_MAPS]
     return sorted(ids)
