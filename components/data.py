@@ -10,7 +10,7 @@ from components.images import CPU_IMAGE, project_component
 
 @project_component(CPU_IMAGE)
 def starter_data(params: dict, profile: str, track: bool, hdri: Output[Dataset]):
-    """The starter HDR maps (CC0 maps from the image's packages + procedural skies)."""
+    """The starter HDR maps (real maps from the image's packages + procedural skies)."""
     from components.job import run_job
 
     run_job(["starter-data", "--out", hdri.path], params, profile, track)

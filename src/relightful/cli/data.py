@@ -92,7 +92,8 @@ def _path_options(p, **defaults) -> None:
 
 def add_data_parsers(sub) -> None:
     """Add the data jobs to `relightful`'s sub-parsers."""
-    p = sub.add_parser("starter-data", help="write the CC0 HDR maps and procedural skies of the starter set")
+    p = sub.add_parser("starter-data", help="write the starter set's HDR maps: real ones from packages "
+                       "(pmndrs, blender, open3d) and procedural skies (sky, sky_train)")
     _path_options(p, out="data/raw/hdri")
     add_params(p)
     p.set_defaults(func=cmd_starter_data)
