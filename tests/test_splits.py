@@ -216,17 +216,14 @@ def test_train_only_maps_train_and_move_no_held_out_map():
         PlanConfig(train_only_sources="sky_train")
 
 
-def test_tiny_profile_training_only_maps_keep_the_held_out_maps():
-    """The tiny profile's training-only maps (`sky_train` skies, the 9 `open3d` skyboxes) all train; val and test
-    keep the maps they hold without them."""
+def test_tiny_profile_training_only_skies_keep_the_held_out_maps():
+    """The tiny profile's `sky_train` maps all train; val and test keep the maps they hold without them."""
     subjects, maps, config = _profile_ids("tiny")
-    train_only = set(config.train_only_sources)
-    assert {"sky_train", "open3d"} <= train_only
-    assert sum(source_of(m) == "sky_train" for m in maps) >= 100 and sum(source_of(m) == "open3d" for m in maps) == 9
+    assert "sky_train" in config.train_only_sources and sum(source_of(m) == "sky_train" for m in maps) >= 100
     _, map_split = plan_splits(subjects, maps, config)
-    _, without = plan_splits(subjects, [m for m in maps if source_of(m) not in train_only], config)
-    assert {m: s for m, s in map_split.items() if source_of(m) not in train_only} == without
-    assert {s for m, s in map_split.items() if source_of(m) in train_only} == {"train"}
+    _, without = plan_splits(subjects, [m for m in maps if source_of(m) != "sky_train"], config)
+    assert {m: s for m, s in map_split.items() if source_of(m) != "sky_train"} == without
+    assert {s for m, s in map_split.items() if source_of(m) == "sky_train"} == {"train"}
 
 
 def test_floors_that_cannot_be_met_fail_with_the_reason():
