@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,7 +324,8 @@ def _build_steps(out: str) -> list[tuple[str, bool]]:
     steps: list[tuple[str, bool]] = []
     lines = out.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("[3/3] STEP ") and ": " in line:
+        stage = re.match(r"\[(\d+)/(\d+)\] STEP ", line)
+        if stage and stage.group(1) == stage.group(2) and ": " in line:
             instruction = line.split(": ", 1)[1]
             if instruction.startswith("FROM "):
                 continue
