@@ -7,8 +7,8 @@ Split sizes: subjects and maps are split by `split_fractions`, but a held-out sp
 `min_subjects[split]` subjects or `min_maps[split]` maps (e.g. `{val: 2, test: 3}`), so a small set still has a
 test split that can tell methods apart; train takes the rest. Maps are stratified by source (the id's prefix before
 "-": pmndrs, blender, sky) when `stratify_maps` is on, so each split holds real and procedural maps in proportion.
-Maps of a source in `train_only_sources` (e.g. the starter set's ``sky_train`` and ``open3d``) go to train alone and
-count in no split's fraction: adding them widens the lighting training sees without moving a val or test map.
+Maps of a source in `train_only_sources` (e.g. the starter set's ``sky_train``) go to train alone and count in no
+split's fraction: adding them widens the lighting training sees without moving a val or test map.
 `pairs_per_subject` is one count for every split or one per split (`{train: 768, val: 48, test: 96}`): training
 wants many pairs, evaluation only enough to measure.
 """

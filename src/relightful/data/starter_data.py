@@ -12,8 +12,9 @@ Sources (DESIGN 5):
   with ``pip download``, read from the wheel (a zip) in memory, never installed. The wheel is MIT-licensed; where the
   panoramas come from is not documented, so their licence is recorded as unknown (`OPEN3D_LICENSE`). Suns are kept
   (peaks up to 6.5·10⁴; the sun cores of ``crossroads`` and ``park`` touch the packer's ceiling of 64,512 in a few
-  texels). ``default_skybox.ktx`` is a smooth grey gradient (peak 0.9), not a captured scene, and is left out. They
-  are training-only in the tiny profile (`render_pairs.plan.train_only_sources`), like ``sky_train``.
+  texels). ``default_skybox.ktx`` is a smooth grey gradient (peak 0.9), not a captured scene, and is left out. No
+  profile uses them: training-only in the tiny profile they made the background's lighting estimator worse on val
+  (docs/model.md); a profile adds them like ``sky_train`` (`render_pairs.plan.train_only_sources`).
 - ``sky``: procedural skies of `relightful.lighting.sky` drawn from a seed (clear, scattered clouds or overcast, sun
   high or low, clear or hazy air, grounds of several colours): cheap (about 25 ms each at H = 128), so the tiny
   profile draws enough of them that training keeps many maps after val and test take theirs.
