@@ -283,6 +283,44 @@ def test_replay_stream_mixes_its_share_of_each_batch(rendered_pairs, tmp_path):
             ReplayStream.split(manifest, natural, manifest, files, "train", 8, fraction)
 
 
+def test_target_source_stream_gives_the_chosen_maps_their_share(rendered_pairs, tmp_path):
+    from relightful.training.data import cache_places
+
+    model = RelightModel(micro_model_config())
+    files = build_cache(rendered_pairs, tmp_path / "cache", model, progress=False)
+    manifest = read_pair_manifest(rendered_pairs)
+    train_maps = sorted(manifest[manifest.split == "train"].env_b.unique())
+    studio = set(train_maps[:max(1, len(train_maps) // 4)])  # a few maps renamed as another source's
+    manifest["env_b"] = [f"studio-{m}" if m in studio else m for m in manifest.env_b]
+    chosen = manifest.env_b.str.startswith("studio-") & (manifest.split == "train")
+    assert 0 < chosen.mean() < 0.25
+    places = cache_places(manifest)
+    key = {}  # each train pair's target tensor -> whether its map is a chosen one
+    for i in manifest.index[manifest.split == "train"]:
+        target = load_tensors(files[manifest.shard[i]])["target"][int(places[i])].float()
+        key[target.numpy().tobytes()] = bool(chosen[i])
+    stream = ReplayStream.by_target_source(manifest, files, ("studio",), "train", micro_batch=8, fraction=0.5, seed=2)
+    for step in range(6):
+        flags = [key[t.numpy().tobytes()] for t in stream.batch(step)["target"]]
+        assert flags == [False] * 4 + [True] * 4
+    with pytest.raises(ValueError, match=r"no train pairs have a target map from \['lab'\]"):
+        ReplayStream.by_target_source(manifest, files, ("lab",), "train", 8, 0.5)
+    with pytest.raises(ValueError, match="nothing to mix them with"):
+        ReplayStream.by_target_source(manifest, files, ("studio", "map"), "train", 8, 0.5)
+    for bad in ({"target_sources": ["studio"]}, {"target_source_fraction": 0.3},
+                {"target_sources": ["studio"], "target_source_fraction": 1.0}, {"target_sources": "studio"}):
+        with pytest.raises(ValueError, match="target_source"):
+            TrainConfig(**bad)
+
+
+def test_training_draws_its_batches_by_target_source_when_configured(stage1, rendered_pairs, tmp_path):
+    _, root = stage1
+    config = dataclasses.replace(FAST, steps=1, target_sources=("lab",), target_source_fraction=0.25)
+    with pytest.raises(ValueError, match=r"no train pairs have a target map from \['lab'\]"):
+        train_stage(1, rendered_pairs, tmp_path / "model", tmp_path / "run", config, micro_model_config(),
+                    cache_dir=root / "cache", progress=False)
+
+
 def test_stage3_replays_light_stage_pairs(stage1, rendered_pairs, tmp_path):
     _, root = stage1
     config = TrainConfig(steps=2, log_every=1, checkpoint_every=100, replay_fraction=0.5,

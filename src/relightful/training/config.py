@@ -102,6 +102,11 @@ class TrainConfig:
     # stage 3: share of each batch replayed from the light-stage pairs (`--replay`): fine-tuned on the pairs of a
     # few natural portraits alone, the UNet forgets the light-stage lighting it learned (0: the paper's recipe)
     replay_fraction: float = 0.0
+    # stages 1-2: this share of each batch from the pairs whose target map comes from one of `target_sources` (map
+    # sources: the id's prefix, `pmndrs-city` -> pmndrs), whatever their share of the training pairs. Procedural
+    # skies are cheap and outnumber real maps; a model that sees few real targets relights them worst
+    target_sources: tuple[str, ...] = ()
+    target_source_fraction: float = 0.0
     # probability that a training sample is mirrored left-right with its background and panorama (augment.py)
     hflip: float = 0.0
     shading_weight: float = 0.0     # weight of the level-free shading loss (gain-edit models; objectives.py)
@@ -131,3 +136,14 @@ class TrainConfig:
     validate_every: int = 100       # validation grids every this many steps (0: only at the end)
     validation_pairs: int = 4
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # validation grids; the model's defaults
+
+    def __post_init__(self):
+        if isinstance(self.target_sources, str):
+            raise ValueError(f"target_sources: expected a list of map sources, got {self.target_sources!r}")
+        object.__setattr__(self, "target_sources", tuple(self.target_sources))
+        if not 0.0 <= self.target_source_fraction < 1.0:
+            raise ValueError(f"target_source_fraction must be in [0, 1), got {self.target_source_fraction}")
+        if bool(self.target_sources) != bool(self.target_source_fraction):
+            raise ValueError("target_sources and target_source_fraction go together: name the map sources and the "
+                             f"share of each batch they fill (got {list(self.target_sources)} and "
+                             f"{self.target_source_fraction})")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from relightful.data.splits import source_of
 from relightful.data.shards import MANIFEST, pair_panorama, read_map_store, read_pair_manifest, read_shard, shard_path
 from relightful.io import InputError, load_tensors, save_tensors
 from relightful.lighting.sh import shading_coefficients
@@ -182,9 +183,13 @@ class PairStream:
         return math.ceil(self.n / (self.micro_batch * self.grad_accum * self.world))
 
 
+_OUT_OF_STREAM = "<out of stream>"  # a split name no manifest uses: rows a stream must not draw
+
+
 class ReplayStream:
-    """Batches of one stream with a fixed share replayed from another (stage 3's light-stage replay), keeping the
-    tensors both streams have (the light-stage panorama is dropped). Both are `PairStream`s of the same world, each
+    """Batches of one stream with a fixed share replayed from another (stage 3's light-stage replay, or the pairs
+    of chosen target maps, `by_target_source`), keeping the tensors both streams have (stage 3 drops the light-stage
+    panorama). Both are `PairStream`s of the same world, each
     with its part of the micro-batch, so the mixture is as deterministic and resumable as they are."""
 
     def __init__(self, main: PairStream, replay: PairStream):
@@ -204,6 +209,25 @@ class ReplayStream:
         return cls(PairStream(main_rows, main_files, split, micro_batch - n_replay, grad_accum, world, rank, seed,
                               window),
                    PairStream(replay_rows, replay_files, split, n_replay, grad_accum, world, rank, seed + 1, window))
+
+    @classmethod
+    def by_target_source(cls, rows: pd.DataFrame, files: dict[str, Path], sources: tuple[str, ...], split: str,
+                         micro_batch: int, fraction: float, grad_accum: int = 1, world: int = 1, rank: int = 0,
+                         seed: int = 0, window: int = 4) -> "ReplayStream":
+        """Batches of one split of `rows` with `round(fraction · micro_batch)` samples of each micro-batch drawn from
+        its pairs whose target map (`env_b`) comes from one of `sources` (`source_of`), the rest from its other
+        pairs: a fixed share for maps that the pair plan gives few pairs."""
+        chosen = rows.env_b.map(source_of).isin(sources)
+        in_split = rows.split == split
+        if not (chosen & in_split).any():
+            raise ValueError(f"no {split} pairs have a target map from {list(sources)} (target_sources)")
+        if (in_split & ~chosen).sum() == 0:
+            raise ValueError(f"every {split} pair has a target map from {list(sources)}: nothing to mix them with")
+        others, picked = rows.copy(), rows.copy()  # both keep every row: a row's place in its cache file stays
+        others.loc[chosen, "split"] = _OUT_OF_STREAM
+        picked.loc[~chosen, "split"] = _OUT_OF_STREAM
+        return cls.split(others, files, picked, files, split, micro_batch, fraction, grad_accum, world, rank, seed,
+                         window)
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         main, replay = self.main.batch(step, micro), self.replay.batch(step, micro)
