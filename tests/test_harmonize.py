@@ -148,6 +148,53 @@ def test_gain_field_applies_a_uniform_relighting_exactly(harmonizer: Harmonizer,
     assert np.abs(out[inner].astype(int) - expected[inner].astype(int)).max() <= 1
 
 
+def test_gain_shape_scale_strengthens_the_relighting_keeping_level_and_colour():
+    """A gain field of one colour times a spatial shape exp(ℓ): scaled by k, its log becomes mean + k·(ℓ − mean)
+    inside the matte (matte-weighted mean), the channel ratios stay, and k = 1 returns the field untouched."""
+    from relightful.models.compositing import scale_gain_shape
+
+    g = torch.Generator().manual_seed(0)
+    shape = 0.4 * torch.randn(2, 1, 16, 16, generator=g)
+    colour = torch.tensor([1.2, 1.0, 0.7]).view(1, 3, 1, 1)
+    gain = colour * shape.exp()
+    matte = (torch.rand(2, 1, 16, 16, generator=g) > 0.3).float()
+    assert scale_gain_shape(gain, matte, 1.0) is gain
+    scaled = scale_gain_shape(gain, matte, 1.5)
+    log_mean = gain.mean(dim=1, keepdim=True).log()
+    mean = (log_mean * matte).sum(dim=(2, 3), keepdim=True) / matte.sum(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(scaled.mean(dim=1, keepdim=True).log(), mean + 1.5 * (log_mean - mean))
+    torch.testing.assert_close(scaled / scaled[:, 1:2], gain / gain[:, 1:2])  # the colour
+    level = lambda x: (x.mean(dim=1, keepdim=True).log() * matte).sum(dim=(2, 3)) / matte.sum(dim=(2, 3))
+    torch.testing.assert_close(level(scaled), level(gain))
+    flat = scale_gain_shape(torch.full_like(gain, 2.0), matte, 3.0)  # no shape: nothing to strengthen
+    torch.testing.assert_close(flat, torch.full_like(gain, 2.0))
+    assert float(scale_gain_shape(gain * 1e3, matte, 50.0).max()) <= 16.0  # the gain's limits hold
+
+
+def test_harmonizer_scales_the_shape_of_its_relighting(model_dir: Path, monkeypatch):
+    """`sampling.gain_shape_scale` from the model folder: the output at the model's size is the input times the
+    scaled gain (level and colour of the model's own), and it is refused unless positive."""
+    rng = np.random.default_rng(5)
+    fg, bg = rng.integers(40, 220, (64, 64, 3), np.uint8), rng.integers(0, 256, (64, 64, 3), np.uint8)
+    matte = disc_matte(64, 64)
+
+    def lit_from_the_left(self, composite, *args):  # a relighting with a shape: brighter on the left
+        ramp = torch.linspace(1.6, 0.6, composite.shape[-1]).view(1, 1, 1, -1)
+        return composite * ramp
+
+    monkeypatch.setattr(Harmonizer, "generate", lit_from_the_left)
+    plain = Harmonizer.from_pretrained(model_dir, defaults={"detail_sigma": 3.0})
+    strong = Harmonizer.from_pretrained(model_dir, defaults={"detail_sigma": 3.0, "gain_shape_scale": 1.5})
+    assert not Harmonizer.from_pretrained(model_dir).uses_gain and strong.uses_gain
+    a, b = (srgb_decode(h(fg, matte, bg, steps=1).astype(np.float32) / 255) for h in (plain, strong))
+    inner = matte > 0.99
+    left, right = inner & (np.arange(64) < 24)[None], inner & (np.arange(64) > 40)[None]
+    ratio = lambda x, where: float(x[where].mean())
+    assert ratio(b, left) / ratio(b, right) > 1.2 * ratio(a, left) / ratio(a, right)
+    with pytest.raises(ValueError, match="gain_shape_scale must be > 0"):
+        Harmonizer.from_pretrained(model_dir, defaults={"gain_shape_scale": 0.0})
+
+
 # --- classifier-free guidance --------------------------------------------------------------------------------------
 
 def test_combine_guidance():

@@ -22,7 +22,8 @@ DESIGN 3.5/3.7. The steps, and why each is the way it is:
    weighted Gaussian averages with a small ε) is computed at the model's resolution, upsampled bilinearly and
    multiplied into the full-resolution linear foreground, which keeps every pore and hair of the input. Inputs
    at or below the model's resolution take the generated pixels directly, unless the model folder's sampling
-   sets `detail_sigma`: then the gain (of that σ) is used at every size.
+   sets `detail_sigma`: then the gain (of that σ) is used at every size. With `sampling.gain_shape_scale` ≠ 1
+   the gain is always used, the shape of its relighting scaled (`scale_gain_shape`: level and colour kept).
 5. `out = m·relit + (1−m)·bg` in linear light, encoded to 8-bit sRGB; wherever the matte is 0 the output is the
    cover-resized background byte for byte.
 """
@@ -38,7 +39,8 @@ import torch.nn.functional as F
 
 from relightful.io import srgb_decode_8bit, srgb_encode, to_uint8
 from relightful.models.codecs import from_model_space, to_model_space
-from relightful.models.compositing import cover_canvas, gain_field, resize_square, sample_window, uses_gain_field
+from relightful.models.compositing import (cover_canvas, gain_field, resize_square, sample_window, scale_gain_shape,
+                                          uses_gain_field)
 from relightful.models.relight_model import RelightModel, read_model_meta
 from relightful.models.schedule import default_scheduler, folder_scheduler
 
@@ -120,6 +122,9 @@ class Harmonizer:
         self.mirror_ensemble = bool(self.defaults.get("mirror_ensemble", False))  # ditto
         if self.mirror_ensemble and self.ensemble % 2:
             raise ValueError(f"sampling mirror_ensemble needs an even ensemble (half mirrored), got {self.ensemble}")
+        self.gain_shape_scale = float(self.defaults.get("gain_shape_scale", 1.0))  # ditto
+        if self.gain_shape_scale <= 0:
+            raise ValueError(f"sampling gain_shape_scale must be > 0, got {self.gain_shape_scale}")
         self.scheduler = scheduler if scheduler is not None else default_scheduler(model)
         self.batch_guidance = batch_guidance
         self.gain_sigma = gain_sigma
@@ -153,6 +158,17 @@ class Harmonizer:
     def relight_sigma(self) -> float:
         """σ (model pixels) of the gain field that carries the relighting over to the input's pixels."""
         return self.gain_sigma if self.detail_sigma is None else float(self.detail_sigma)
+
+    @property
+    def uses_gain(self) -> bool:
+        """Whether the output is the input times the relighting gain at every size (else only above the model's)."""
+        return self.detail_sigma is not None or self.gain_shape_scale != 1.0
+
+    def relighting_gain(self, generated: torch.Tensor, composite: torch.Tensor, matte: torch.Tensor) -> torch.Tensor:
+        """The smooth gain field (B, 3, s, s) from the composite to the generated image at the model's size, its
+        shape scaled by `sampling.gain_shape_scale`."""
+        gain = gain_field(generated, composite, matte, self.relight_sigma, self.gain_eps)
+        return scale_gain_shape(gain, matte, self.gain_shape_scale)
 
     @property
     def device(self) -> torch.device:
@@ -193,8 +209,8 @@ class Harmonizer:
             return out8
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
         fg_box, m_box = fg_lin[..., r0:r1, c0:c1], m_t[..., r0:r1, c0:c1]
-        if uses_gain_field((height, width), size) or self.detail_sigma is not None:
-            gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
+        if uses_gain_field((height, width), size) or self.uses_gain:
+            gain = self.relighting_gain(generated, comp_s, m_s)
             relit = fg_box * sample_window(gain, side, top + r0, left + c0, r1 - r0, c1 - c0)
         else:
             relit = resize_square(generated, side)[..., top + r0:top + r1, left + c0:left + c1]
@@ -220,8 +236,8 @@ class Harmonizer:
         comp_s, m_s, bg_s = resize_square(composite, side), resize_square(matte, side).clamp(0, 1), resize_square(bg, side)
         generated = self.generate(comp_s, m_s, bg_s, steps, seed, image_guidance, lighting_guidance,
                                   panorama=panorama)
-        if size > side or self.detail_sigma is not None:
-            gain = gain_field(generated, comp_s, m_s, self.relight_sigma, self.gain_eps)
+        if size > side or self.uses_gain:
+            gain = self.relighting_gain(generated, comp_s, m_s)
             relit = fg * F.interpolate(gain, size=(size, size), mode="bilinear", align_corners=False)
         else:
             relit = resize_square(generated, size)

@@ -54,6 +54,14 @@ class SamplingConfig:
     # Half of those draws on the left-right mirrored input, mirrored back before the average (needs an even
     # ensemble): the same passes, two views of the subject and its lighting.
     mirror_ensemble: bool = False
+    # The shape of the relighting gain (its log less the mean log over the matte) scaled by this (the output then
+    # always goes through the gain): a model trained on squared errors draws its shading flatter than it knows it
+    # (models/compositing.py `scale_gain_shape`). 1: the model's own.
+    gain_shape_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.gain_shape_scale <= 0:
+            raise ValueError(f"sampling.gain_shape_scale must be > 0, got {self.gain_shape_scale}")
 
 
 @dataclass(frozen=True)
