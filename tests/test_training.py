@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from relightful.models.codecs import PixelUnshuffleCodec
 from relightful.models import RelightModel
 from relightful.training import TrainConfig
 from relightful.training.config import DeepSpeedConfig, OptimConfig, RuntimeConfig, SamplingConfig
-from relightful.data.shards import read_pair_manifest
+from relightful.data.shards import ENVMAPS, read_pair_manifest
 from relightful.training.augment import mirror_mask, mirror_samples
 from relightful.training.light_probe import mean_light_direction
 from relightful.training.data import PairStream, ReplayStream, build_cache
@@ -319,6 +320,17 @@ def test_training_draws_its_batches_by_target_source_when_configured(stage1, ren
     with pytest.raises(ValueError, match=r"no train pairs have a target map from \['lab'\]"):
         train_stage(1, rendered_pairs, tmp_path / "model", tmp_path / "run", config, micro_model_config(),
                     cache_dir=root / "cache", progress=False)
+    # stage 3 trains on natural pairs, which have no maps: the setting of the shared train block is left out there
+    natural = tmp_path / "natural"
+    shutil.copytree(rendered_pairs, natural)
+    (natural / ENVMAPS).unlink()  # natural pairs come without maps
+    manifest = read_pair_manifest(natural)
+    manifest["env_a"], manifest["env_b"] = None, None
+    manifest.to_parquet(natural / "manifest.parquet")
+    stage3 = dataclasses.replace(config, steps=2)
+    result = train_stage(3, natural, tmp_path / "model3", tmp_path / "run3", stage3, init_from=root / "model",
+                         cache_dir=tmp_path / "cache3", progress=False)
+    assert result.history[-1]["step"] == 2 and math.isfinite(result.history[-1]["loss"])
 
 
 def test_stage3_replays_light_stage_pairs(stage1, rendered_pairs, tmp_path):

@@ -189,8 +189,8 @@ _OUT_OF_STREAM = "<out of stream>"  # a split name no manifest uses: rows a stre
 class ReplayStream:
     """Batches of one stream with a fixed share replayed from another (stage 3's light-stage replay, or the pairs
     of chosen target maps, `by_target_source`), keeping the tensors both streams have (stage 3 drops the light-stage
-    panorama). Both are `PairStream`s of the same world, each
-    with its part of the micro-batch, so the mixture is as deterministic and resumable as they are."""
+    panorama). Both are `PairStream`s of the same world, each with its part of the micro-batch, so the mixture is
+    as deterministic and resumable as they are."""
 
     def __init__(self, main: PairStream, replay: PairStream):
         self.main, self.replay = main, replay
@@ -216,8 +216,9 @@ class ReplayStream:
                          seed: int = 0, window: int = 4) -> "ReplayStream":
         """Batches of one split of `rows` with `round(fraction · micro_batch)` samples of each micro-batch drawn from
         its pairs whose target map (`env_b`) comes from one of `sources` (`source_of`), the rest from its other
-        pairs: a fixed share for maps that the pair plan gives few pairs."""
-        chosen = rows.env_b.map(source_of).isin(sources)
+        pairs: a fixed share for maps that the pair plan gives few pairs. Pairs without a target map (natural
+        pairs) are never chosen."""
+        chosen = rows.env_b.map(lambda m: isinstance(m, str) and source_of(m) in sources).astype(bool)
         in_split = rows.split == split
         if not (chosen & in_split).any():
             raise ValueError(f"no {split} pairs have a target map from {list(sources)} (target_sources)")

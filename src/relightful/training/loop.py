@@ -99,8 +99,8 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
     the end a grid of validation pairs (composite | model | target) is written there as `step-XXXXXXXX.png`.
     With `config.replay_fraction` > 0, that share of every batch comes from the `train` split of `replay_dir`
     (stage 3: light-stage pairs beside the natural ones; their latents cached in `cache_dir`, else beside them).
-    Without replay, `config.target_sources` gives the pairs whose target map comes from those sources a fixed
-    share of every batch (`target_source_fraction`; stages 1-2 of the light-stage pairs).
+    In stages 1-2, `config.target_sources` gives the pairs whose target map comes from those sources a fixed share
+    of every batch (`target_source_fraction`); stage 3 leaves it out (natural pairs have no maps).
     """
     pairs_dir, out_dir, run_dir = Path(pairs_dir), Path(out_dir), Path(run_dir)
     if config.replay_fraction and replay_dir is None:
@@ -134,7 +134,7 @@ def train_stage(stage: int, pairs_dir: str | Path, out_dir: str | Path, run_dir:
         stream = ReplayStream.split(read_pair_manifest(pairs_dir), files, read_pair_manifest(replay_dir),
                                     replay_files, "train", ds.micro_batch, config.replay_fraction, ds.grad_accum,
                                     world, rank, config.seed, config.shuffle_window)
-    elif config.target_sources:
+    elif config.target_sources and stage != 3:  # stage 3's natural pairs have no maps
         stream = ReplayStream.by_target_source(read_pair_manifest(pairs_dir), files, config.target_sources, "train",
                                                ds.micro_batch, config.target_source_fraction, ds.grad_accum, world,
                                                rank, config.seed, config.shuffle_window)
